@@ -1,0 +1,238 @@
+//! The one binary form of a record, used for RDB (and so DUMP/RESTORE and
+//! replica full sync), AOF rewrite and replication (`PAY.LOAD key blob`).
+//!
+//! Layout (little-endian), version 1:
+//! `u8 version, u8 status, u8 flags (1 = stale, 2 = leased), [u8; 3] currency,
+//! i64 amount, i64 created_at, i64 updated_at, u32 attempts,
+//! str user_id, str reason, str provider_ref, [str lease_owner, i64 lease_until]`
+//! where `str` is a u16 length and UTF-8 bytes. Decoding checks every field
+//! with the same rules as the commands, so no byte string can make a record
+//! that PAY.CACHE could not have made.
+
+use crate::args::{parse_text, MAX_CONSUMER_LEN, MAX_REASON_LEN, MAX_REF_LEN, MAX_USER_ID_LEN};
+use crate::record::{Lease, Record, Status};
+
+pub const VERSION: u8 = 1;
+const FLAG_STALE: u8 = 1;
+const FLAG_LEASED: u8 = 2;
+
+pub fn encode(r: &Record) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48 + r.heap_size() + 8);
+    let mut flags = 0;
+    if r.stale {
+        flags |= FLAG_STALE;
+    }
+    if r.lease.is_some() {
+        flags |= FLAG_LEASED;
+    }
+    out.push(VERSION);
+    out.push(r.status as u8);
+    out.push(flags);
+    out.extend_from_slice(&r.currency);
+    out.extend_from_slice(&r.amount.to_le_bytes());
+    out.extend_from_slice(&r.created_at.to_le_bytes());
+    out.extend_from_slice(&r.updated_at.to_le_bytes());
+    out.extend_from_slice(&r.attempts.to_le_bytes());
+    put_str(&mut out, &r.user_id);
+    put_str(&mut out, &r.reason);
+    put_str(&mut out, &r.provider_ref);
+    if let Some(lease) = &r.lease {
+        put_str(&mut out, &lease.owner);
+        out.extend_from_slice(&lease.until.to_le_bytes());
+    }
+    out
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    // Every string field is bounded far below u16::MAX by the parsers.
+    let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&s.as_bytes()[..usize::from(len)]);
+}
+
+/// Why a byte string is not a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError(pub String);
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid payment record: {}", self.0)
+    }
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+    let mut rd = Reader { bytes };
+    let version = rd.u8()?;
+    if version != VERSION {
+        return Err(DecodeError(format!("unknown encoding version {version}")));
+    }
+    let status = Status::from_code(rd.u8()?).ok_or_else(|| bad("unknown status"))?;
+    let flags = rd.u8()?;
+    if flags & !(FLAG_STALE | FLAG_LEASED) != 0 {
+        return Err(bad("unknown flags"));
+    }
+    let currency: [u8; 3] = rd.array()?;
+    if !currency.iter().all(u8::is_ascii_uppercase) {
+        return Err(bad("currency is not three upper-case letters"));
+    }
+    let amount = i64::from_le_bytes(rd.array()?);
+    let created_at = i64::from_le_bytes(rd.array()?);
+    let updated_at = i64::from_le_bytes(rd.array()?);
+    let attempts = u32::from_le_bytes(rd.array()?);
+    if amount < 0 {
+        return Err(bad("negative amount"));
+    }
+    if created_at < 0 || updated_at < created_at {
+        return Err(bad("timestamps out of order"));
+    }
+    let user_id = rd.text("user_id", 1, MAX_USER_ID_LEN)?;
+    let reason = rd.str_bytes()?;
+    let reason = std::str::from_utf8(reason)
+        .ok()
+        .filter(|s| s.len() <= MAX_REASON_LEN)
+        .ok_or_else(|| bad("reason"))?;
+    let provider_ref = rd.text("provider_ref", 0, MAX_REF_LEN)?;
+    let lease = if flags & FLAG_LEASED != 0 {
+        let owner = rd.text("lease owner", 1, MAX_CONSUMER_LEN)?;
+        let until = i64::from_le_bytes(rd.array()?);
+        Some(Box::new(Lease {
+            owner: owner.into(),
+            until,
+        }))
+    } else {
+        None
+    };
+    if !rd.bytes.is_empty() {
+        return Err(bad("trailing bytes"));
+    }
+    if status.is_terminal() && (lease.is_some() || flags & FLAG_STALE != 0) {
+        return Err(bad("a resolved payment cannot be stale or leased"));
+    }
+    Ok(Record {
+        user_id: user_id.into(),
+        amount,
+        currency,
+        status,
+        stale: flags & FLAG_STALE != 0,
+        created_at,
+        updated_at,
+        attempts,
+        reason: reason.into(),
+        provider_ref: provider_ref.into(),
+        lease,
+    })
+}
+
+fn bad(what: &str) -> DecodeError {
+    DecodeError(what.to_string())
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.bytes.len() < n {
+            return Err(bad("truncated"));
+        }
+        let (head, tail) = self.bytes.split_at(n);
+        self.bytes = tail;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut out = [0; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    fn str_bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+        let len = u16::from_le_bytes(self.array()?);
+        self.take(usize::from(len))
+    }
+
+    fn text(&mut self, what: &str, min: usize, max: usize) -> Result<&'a str, DecodeError> {
+        let raw = self.str_bytes()?;
+        if raw.is_empty() && min == 0 {
+            return Ok("");
+        }
+        parse_text(what, raw, min, max).map_err(|e| DecodeError(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full() -> Record {
+        let mut r = Record::new("67890", 1000, *b"USD", 1_706_618_700_000);
+        r.stale = true;
+        r.attempts = 3;
+        r.updated_at += 5;
+        r.reason = "bank timeout: é".into();
+        r.lease = Some(Box::new(Lease {
+            owner: "worker-1".into(),
+            until: r.created_at + 30_000,
+        }));
+        r
+    }
+
+    #[test]
+    fn round_trips_every_field() {
+        for r in [full(), Record::new("u", 0, *b"EUR", 0)] {
+            assert_eq!(decode(&encode(&r)), Ok(r));
+        }
+        let mut done = Record::new("u", i64::MAX, *b"JPY", 1);
+        done.status = Status::Failed;
+        done.provider_ref = "ch_1".into();
+        assert_eq!(decode(&encode(&done)), Ok(done));
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let bytes = encode(&full());
+        for n in 0..bytes.len() {
+            assert!(decode(&bytes[..n]).is_err(), "prefix of {n} bytes decoded");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(decode(&longer), Err(bad("trailing bytes")));
+    }
+
+    #[test]
+    fn rejects_records_the_commands_could_not_make() {
+        let good = encode(&full());
+        let mut v = good.clone();
+        v[0] = 9;
+        assert!(decode(&v).is_err());
+        let mut v = good.clone();
+        v[1] = 7;
+        assert!(decode(&v).is_err());
+        let mut v = good.clone();
+        v[3] = b'u';
+        assert!(decode(&v).is_err());
+        let mut v = good.clone();
+        v[6 + 7] = 0x80; // amount's sign bit
+        assert!(decode(&v).is_err());
+        let mut v = good.clone();
+        v[1] = Status::Succeeded as u8; // resolved yet leased and stale
+        assert!(decode(&v).is_err());
+    }
+
+    #[test]
+    fn any_single_byte_flip_never_panics() {
+        let good = encode(&full());
+        for i in 0..good.len() {
+            for b in [0u8, 1, 0x7f, 0x80, 0xff] {
+                let mut v = good.clone();
+                v[i] = b;
+                let _ = decode(&v);
+            }
+        }
+    }
+}

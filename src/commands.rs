@@ -1,0 +1,245 @@
+//! The PAY.* commands: parse, act on the key, then write, replicate, notify
+//! and reply. The logic lives in the pure modules; this is the glue.
+
+use std::ffi::{c_char, c_long};
+
+use redis_module::{raw, Context, NotifyEvent, RedisError, RedisResult, RedisString, RedisValue};
+
+use crate::args::{self, StuckArgs};
+use crate::codec;
+use crate::config;
+use crate::error::PayError;
+use crate::record::{Applied, Record};
+use crate::stats;
+use crate::store::{self, index, now_ms, rm, selected_db, PayKey, Payment};
+
+/// Every error reply goes through here, so INFO counts them.
+fn fail(e: PayError) -> RedisError {
+    stats::ERRORS.incr();
+    RedisError::String(e.to_string())
+}
+
+/// The arguments after the command name, as bytes.
+fn argv(args: &[RedisString]) -> Vec<&[u8]> {
+    args.iter().skip(1).map(RedisString::as_slice).collect()
+}
+
+fn key_arg(args: &[RedisString]) -> Result<&RedisString, RedisError> {
+    args.get(1).ok_or_else(|| fail(PayError::Arity("PAY")))
+}
+
+/// Write's companions: replicate the exact record the primary chose (with its
+/// absolute expiry, if it was set now) and announce the change.
+fn publish(ctx: &Context, key: &RedisString, rec: &Record, expire_at: Option<i64>, event: &str) {
+    let blob = codec::encode(rec);
+    let (ptr, len) = (blob.as_ptr().cast::<c_char>(), blob.len());
+    match expire_at {
+        Some(at) => rm!(RedisModule_Replicate(
+            ctx.ctx,
+            c"PAY.LOAD".as_ptr(),
+            c"sbcl".as_ptr(),
+            key.inner,
+            ptr,
+            len,
+            c"PXAT".as_ptr(),
+            at,
+        )),
+        None => rm!(RedisModule_Replicate(
+            ctx.ctx,
+            c"PAY.LOAD".as_ptr(),
+            c"sb".as_ptr(),
+            key.inner,
+            ptr,
+            len,
+        )),
+    };
+    ctx.notify_keyspace_event(NotifyEvent::MODULE, event, key);
+}
+
+/// `PAY.CACHE key user_id amount currency [TTL seconds]`
+pub fn cache(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let argv = argv(&args);
+    let a = args::parse_cache(&argv).map_err(fail)?;
+    let name = key_arg(&args)?;
+    let key = PayKey::open(ctx, name, true);
+    match key.payment().map_err(fail)? {
+        Some(p) => match p.rec.check_same_terms(a.user_id, a.amount, a.currency) {
+            Ok(()) => {
+                stats::DUPLICATES.incr();
+                reply_record(ctx, a.key, &p.rec, Some("duplicate"));
+                Ok(RedisValue::NoReply)
+            }
+            Err(e) => {
+                stats::MISMATCHES.incr();
+                Err(fail(e))
+            }
+        },
+        None => {
+            let now = now_ms();
+            let ttl_ms = a.ttl_secs.unwrap_or_else(|| config::DEFAULT_TTL.get()) * 1000;
+            let expire_at = now.saturating_add(ttl_ms);
+            let rec = Record::new(a.user_id, a.amount, a.currency, now);
+            let member = index().admit(selected_db(ctx), a.key, store::facts(&rec));
+            key.set(Payment { rec, member }).map_err(fail)?;
+            key.expire_at(expire_at);
+            let Some(p) = key.payment().map_err(fail)? else {
+                return Err(fail(PayError::NoPayment));
+            };
+            publish(ctx, name, &p.rec, Some(expire_at), "pay.cache");
+            stats::CREATED.incr();
+            reply_record(ctx, a.key, &p.rec, Some("created"));
+            Ok(RedisValue::NoReply)
+        }
+    }
+}
+
+/// `PAY.CHECK key [JSON]`
+pub fn check(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let argv = argv(&args);
+    let a = args::parse_check(&argv).map_err(fail)?;
+    let key = PayKey::open(ctx, key_arg(&args)?, false);
+    match key.payment().map_err(fail)? {
+        None => Ok(RedisValue::Null),
+        Some(p) if a.json => Ok(RedisValue::BulkString(
+            p.rec.to_json(&String::from_utf8_lossy(a.key)),
+        )),
+        Some(p) => {
+            reply_record(ctx, a.key, &p.rec, None);
+            Ok(RedisValue::NoReply)
+        }
+    }
+}
+
+/// `PAY.UPDATE key status [REASON text] [REF provider_ref]`
+pub fn update(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let argv = argv(&args);
+    let a = args::parse_update(&argv).map_err(fail)?;
+    let name = key_arg(&args)?;
+    let key = PayKey::open(ctx, name, true);
+    let Some(p) = key.payment().map_err(fail)? else {
+        return Err(fail(PayError::NoPayment));
+    };
+    let before = p.facts();
+    match p.rec.apply(&a.update, now_ms()).map_err(fail)? {
+        Applied::Unchanged => {}
+        Applied::Changed => {
+            index().change(p.member, before, p.facts(), a.key);
+            publish(ctx, name, &p.rec, None, "pay.update");
+            stats::UPDATES.incr();
+        }
+    }
+    reply_record(ctx, a.key, &p.rec, None);
+    Ok(RedisValue::NoReply)
+}
+
+/// `PAY.STUCK [OLDER ms] [COUNT n] [CLAIM consumer LEASE ms]`
+pub fn stuck(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let argv = argv(&args);
+    let a: StuckArgs = args::parse_stuck(&argv).map_err(fail)?;
+    if a.claim.is_some() {
+        return Err(fail(PayError::arg(
+            "CLAIM is not available in this version",
+        )));
+    }
+    let older = a.older_ms.unwrap_or_else(|| config::STALE_AFTER_MS.get());
+    let cutoff = now_ms().saturating_sub(older);
+    let db = selected_db(ctx);
+    raw::reply_with_array(ctx.ctx, raw::REDISMODULE_POSTPONED_LEN as c_long);
+    let mut sent = 0usize;
+    let mut after = None;
+    while sent < a.count {
+        let page = index().pending_page(db, cutoff, after, a.count - sent);
+        let Some(last) = page.last() else { break };
+        after = Some(last.position());
+        for entry in &page {
+            let name = RedisString::create_from_slice(ctx.ctx, &entry.key);
+            let key = PayKey::open(ctx, &name, false);
+            match key.payment() {
+                Ok(Some(p)) if p.member.id == entry.id && !p.rec.status.is_terminal() => {
+                    reply_record(ctx, &entry.key, &p.rec, None);
+                    sent += 1;
+                }
+                // Expired just now (opening the key deleted it, and the free
+                // callback dropped the entry): not an index error.
+                Ok(None) => {}
+                _ => stats::INDEX_MISSES.incr(),
+            }
+        }
+    }
+    rm!(RedisModule_ReplySetArrayLength(ctx.ctx, sent as c_long));
+    Ok(RedisValue::NoReply)
+}
+
+/// `PAY.LOAD key blob [PXAT unix-ms]`: applies a record exactly as the
+/// primary wrote it. Replication and AOF use it; applications do not.
+pub fn load(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let argv = argv(&args);
+    let a = args::parse_load(&argv).map_err(fail)?;
+    let rec = codec::decode(a.blob).map_err(|e| fail(PayError::arg(e.to_string())))?;
+    let name = key_arg(&args)?;
+    let key = PayKey::open(ctx, name, true);
+    match key.payment().map_err(fail)? {
+        Some(p) => {
+            // In place: the key keeps its TTL unless PXAT says otherwise.
+            let before = p.facts();
+            p.rec = rec;
+            index().change(p.member, before, p.facts(), a.key);
+        }
+        None => {
+            let member = index().admit(selected_db(ctx), a.key, store::facts(&rec));
+            key.set(Payment { rec, member }).map_err(fail)?;
+        }
+    }
+    if let Some(at) = a.expire_at {
+        key.expire_at(at);
+    }
+    ctx.replicate_verbatim();
+    ctx.notify_keyspace_event(NotifyEvent::MODULE, "pay.load", name);
+    stats::LOADS.incr();
+    Ok(RedisValue::SimpleStringStatic("OK"))
+}
+
+/// One record as a map (RESP3) or a flat field/value array (RESP2).
+fn reply_record(ctx: &Context, key: &[u8], r: &Record, outcome: Option<&str>) {
+    let c = ctx.ctx;
+    let bulk = |s: &[u8]| {
+        raw::reply_with_string_buffer(c, s.as_ptr().cast::<c_char>(), s.len());
+    };
+    let int = |n: i64| {
+        raw::reply_with_long_long(c, n);
+    };
+    let fields = 13 + c_long::from(outcome.is_some());
+    raw::reply_with_map(c, fields);
+    if let Some(o) = outcome {
+        bulk(b"outcome");
+        bulk(o.as_bytes());
+    }
+    let lease_owner = r.lease.as_ref().map_or("", |l| &l.owner);
+    let lease_until = r.lease.as_ref().map_or(0, |l| l.until);
+    bulk(b"transaction_id");
+    bulk(key);
+    bulk(b"user_id");
+    bulk(r.user_id.as_bytes());
+    bulk(b"amount");
+    int(r.amount);
+    bulk(b"currency");
+    bulk(&r.currency);
+    bulk(b"status");
+    bulk(r.status.as_str().as_bytes());
+    bulk(b"created_at");
+    int(r.created_at);
+    bulk(b"updated_at");
+    int(r.updated_at);
+    bulk(b"attempts");
+    int(i64::from(r.attempts));
+    bulk(b"stale");
+    int(i64::from(r.stale));
+    bulk(b"reason");
+    bulk(r.reason.as_bytes());
+    bulk(b"provider_ref");
+    bulk(r.provider_ref.as_bytes());
+    bulk(b"lease_owner");
+    bulk(lease_owner.as_bytes());
+    bulk(b"lease_until");
+    int(lease_until);
+}

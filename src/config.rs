@@ -1,0 +1,124 @@
+//! Every tunable in one place: name, default and range next to the static
+//! that Redis reads and writes through `CONFIG GET/SET`.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use crate::args::{parse_int, MAX_TTL_SECS};
+
+/// One `pay.*` setting.
+pub struct Tunable {
+    /// The name without the module prefix (Redis adds `pay.`).
+    pub name: &'static str,
+    pub value: AtomicI64,
+    pub default: i64,
+    pub min: i64,
+    pub max: i64,
+}
+
+impl Tunable {
+    const fn new(name: &'static str, default: i64, min: i64, max: i64) -> Tunable {
+        Tunable {
+            name,
+            value: AtomicI64::new(default),
+            default,
+            min,
+            max,
+        }
+    }
+
+    pub fn get(&self) -> i64 {
+        self.value.load(Ordering::Relaxed)
+    }
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Pending this long since creation = stale, ready for a retry.
+pub static STALE_AFTER_MS: Tunable = Tunable::new("stale-after-ms", 300_000, 1, 30 * DAY_MS);
+/// Pending this long = worth a human's attention.
+pub static ALERT_AFTER_MS: Tunable = Tunable::new("alert-after-ms", 600_000, 1, 30 * DAY_MS);
+/// How often the timer looks for newly stale payments.
+pub static SWEEP_INTERVAL_MS: Tunable = Tunable::new("sweep-interval-ms", 1000, 10, 3_600_000);
+/// Seconds a record lives when PAY.CACHE gives no TTL.
+pub static DEFAULT_TTL: Tunable = Tunable::new("default-ttl", 86_400, 1, MAX_TTL_SECS);
+
+pub static TUNABLES: [&Tunable; 4] = [
+    &STALE_AFTER_MS,
+    &ALERT_AFTER_MS,
+    &SWEEP_INTERVAL_MS,
+    &DEFAULT_TTL,
+];
+
+/// Reads module arguments (`--loadmodule path stale-after-ms 500 ...`) into
+/// start-up values, one per tunable, in `TUNABLES` order. The name may carry
+/// the `pay.` prefix. Anything unknown or malformed is an error: a payment
+/// server must not start on settings it silently ignored.
+pub fn start_values(args: &[&[u8]]) -> Result<[i64; 4], String> {
+    let mut values = TUNABLES.map(|t| t.default);
+    let mut seen = [false; 4];
+    let mut rest = args;
+    while let [name, tail @ ..] = rest {
+        let shown = String::from_utf8_lossy(name);
+        let bare = name.strip_prefix(b"pay.").unwrap_or(name);
+        let Some(i) = TUNABLES.iter().position(|t| t.name.as_bytes() == bare) else {
+            let known: Vec<&str> = TUNABLES.iter().map(|t| t.name).collect();
+            return Err(format!(
+                "unknown module argument '{shown}' (known: {})",
+                known.join(", ")
+            ));
+        };
+        let t = TUNABLES[i];
+        let [value, tail @ ..] = tail else {
+            return Err(format!("module argument '{shown}' needs a value"));
+        };
+        match parse_int(value) {
+            Some(v) if (t.min..=t.max).contains(&v) => values[i] = v,
+            _ => {
+                return Err(format!(
+                    "module argument '{shown}' must be an integer from {} to {}, got '{}'",
+                    t.min,
+                    t.max,
+                    String::from_utf8_lossy(value)
+                ))
+            }
+        }
+        if std::mem::replace(&mut seen[i], true) {
+            return Err(format!("module argument '{shown}' given more than once"));
+        }
+        rest = tail;
+    }
+    Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_arguments_give_the_defaults() {
+        assert_eq!(start_values(&[]), Ok([300_000, 600_000, 1000, 86_400]));
+    }
+
+    #[test]
+    fn plain_and_prefixed_names_are_accepted() {
+        let v = start_values(&[b"stale-after-ms", b"500", b"pay.default-ttl", b"60"]).unwrap();
+        assert_eq!(v, [500, 600_000, 1000, 60]);
+    }
+
+    #[test]
+    fn unknown_missing_and_out_of_range_fail_clearly() {
+        let e = start_values(&[b"stale-after", b"5"]).unwrap_err();
+        assert!(
+            e.starts_with("unknown module argument 'stale-after'"),
+            "{e}"
+        );
+        let e = start_values(&[b"stale-after-ms"]).unwrap_err();
+        assert!(e.contains("needs a value"), "{e}");
+        let e = start_values(&[b"sweep-interval-ms", b"5"]).unwrap_err();
+        assert!(e.contains("from 10 to 3600000"), "{e}");
+        let e = start_values(&[b"default-ttl", b"1.5"]).unwrap_err();
+        assert!(e.contains("got '1.5'"), "{e}");
+        let e = start_values(&[b"default-ttl", b"5", b"default-ttl", b"6"]).unwrap_err();
+        assert!(e.contains("more than once"), "{e}");
+    }
+}

@@ -1,0 +1,53 @@
+//! Every error a client can see, named once. Each message starts with its code.
+
+use std::fmt;
+
+use crate::record::Status;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayError {
+    /// Wrong number of arguments for the named command.
+    Arity(&'static str),
+    /// A bad argument: the text names the argument and what is wrong with it.
+    Arg(String),
+    /// The idempotency key is already bound to other parameters.
+    Mismatch(String),
+    /// A forbidden status change.
+    Transition { from: Status, to: Status },
+    /// PAY.UPDATE on a key that holds no payment.
+    NoPayment,
+    /// The key holds another kind of value.
+    WrongType,
+    /// A write that only a primary may do was asked of a replica.
+    ReadOnly(&'static str),
+}
+
+impl PayError {
+    pub fn arg(msg: impl Into<String>) -> Self {
+        PayError::Arg(msg.into())
+    }
+}
+
+impl fmt::Display for PayError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PayError::Arity(cmd) => write!(f, "ERR wrong number of arguments for '{cmd}' command"),
+            PayError::Arg(msg) => write!(f, "ERR {msg}"),
+            PayError::Mismatch(msg) => write!(f, "MISMATCH {msg}"),
+            PayError::Transition { from, to } => write!(
+                f,
+                "TRANSITION a {} payment cannot become {}",
+                from.as_str(),
+                to.as_str()
+            ),
+            PayError::NoPayment => write!(f, "ERR no such payment"),
+            PayError::WrongType => write!(
+                f,
+                "WRONGTYPE Operation against a key holding the wrong kind of value"
+            ),
+            PayError::ReadOnly(what) => write!(f, "READONLY {what} is not allowed on a replica"),
+        }
+    }
+}
+
+impl std::error::Error for PayError {}

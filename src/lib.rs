@@ -1,0 +1,138 @@
+//! redis-pay: payment records that de-duplicate atomically inside Redis.
+//!
+//! This file is the table of contents: the module registration, and one thin
+//! wrapper per command showing its syntax. The logic lives in one file per
+//! concern; the pure core (`args`, `codec`, `index`, `record`) knows nothing
+//! of Redis.
+
+pub mod args;
+pub mod codec;
+mod commands;
+pub mod config;
+pub mod error;
+pub mod index;
+pub mod record;
+mod stats;
+mod store;
+
+use redis_module::configuration::{register_i64_configuration, ConfigurationFlags};
+use redis_module::{
+    raw, redis_module, Context, InfoContext, NotifyEvent, RedisResult, RedisString, Status,
+};
+use redis_module_macros::info_command_handler;
+use store::PAY_TYPE;
+
+// The Redis allocator aborts any process that is not Redis: unit tests use the
+// system allocator.
+#[cfg(not(test))]
+type ModuleAllocator = redis_module::alloc::RedisAlloc;
+#[cfg(not(test))]
+const MODULE_ALLOCATOR: ModuleAllocator = redis_module::alloc::RedisAlloc;
+#[cfg(test)]
+type ModuleAllocator = std::alloc::System;
+#[cfg(test)]
+const MODULE_ALLOCATOR: ModuleAllocator = std::alloc::System;
+
+/// PAY.CACHE key user_id amount currency [TTL seconds]
+fn pay_cache(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    commands::cache(ctx, args)
+}
+
+/// PAY.CHECK key [JSON]
+fn pay_check(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    commands::check(ctx, args)
+}
+
+/// PAY.UPDATE key status [REASON text] [REF provider_ref]
+fn pay_update(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    commands::update(ctx, args)
+}
+
+/// PAY.STUCK [OLDER ms] [COUNT n] [CLAIM consumer LEASE ms]
+fn pay_stuck(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    commands::stuck(ctx, args)
+}
+
+/// PAY.LOAD key blob [PXAT unix-ms] (internal: replication and AOF)
+fn pay_load(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    commands::load(ctx, args)
+}
+
+/// RENAME and MOVE: the pending index follows the record.
+fn on_keyspace_event(ctx: &Context, kind: NotifyEvent, event: &str, key: &[u8]) {
+    store::on_keyspace_event(ctx, kind, event, key);
+}
+
+fn init(ctx: &Context, args: &[RedisString]) -> Status {
+    match setup(ctx, args) {
+        Ok(()) => Status::Ok,
+        Err(msg) => {
+            ctx.log_warning(&format!("redis-pay: module not loaded: {msg}"));
+            Status::Err
+        }
+    }
+}
+
+fn setup(ctx: &Context, args: &[RedisString]) -> Result<(), String> {
+    store::check_api()?;
+    let args: Vec<&[u8]> = args.iter().map(RedisString::as_slice).collect();
+    let start = config::start_values(&args)?;
+    for (t, value) in config::TUNABLES.iter().zip(start) {
+        register_i64_configuration(
+            ctx,
+            t.name,
+            &t.value,
+            value,
+            t.min,
+            t.max,
+            ConfigurationFlags::DEFAULT,
+            None,
+        );
+    }
+    // SAFETY: presence checked by check_api; called once, during OnLoad.
+    let loaded = unsafe { raw::RedisModule_LoadConfigs.map(|f| f(ctx.ctx)) };
+    if loaded != Some(raw::REDISMODULE_OK as i32) {
+        return Err("a pay.* configuration value was rejected".into());
+    }
+    store::subscribe_server_events(ctx)
+}
+
+/// INFO pay: records by status (every database), then the counters.
+#[info_command_handler]
+fn info(ctx: &InfoContext, _for_crash_report: bool) -> RedisResult<()> {
+    let mut section = ctx.builder().add_section("records");
+    if let Some(t) = store::try_index().map(|ix| ix.totals()) {
+        for (name, n) in [
+            ("records_pending", t.pending),
+            ("records_succeeded", t.succeeded),
+            ("records_failed", t.failed),
+            ("records_stale", t.stale),
+        ] {
+            section = section.field(name, n.to_string())?;
+        }
+    }
+    let mut section = section.build_section()?.add_section("stats");
+    for (name, counter) in stats::COUNTERS {
+        section = section.field(name, counter.get().to_string())?;
+    }
+    section.build_section()?.build_info()?;
+    Ok(())
+}
+
+redis_module! {
+    name: "pay",
+    version: 1,
+    allocator: (ModuleAllocator, MODULE_ALLOCATOR),
+    data_types: [PAY_TYPE],
+    init: init,
+    commands: [
+        ["PAY.CACHE", pay_cache, "write deny-oom fast", 1, 1, 1, ""],
+        ["PAY.CHECK", pay_check, "readonly fast", 1, 1, 1, ""],
+        ["PAY.UPDATE", pay_update, "write fast", 1, 1, 1, ""],
+        ["PAY.STUCK", pay_stuck, "readonly", 0, 0, 0, ""],
+        ["PAY.LOAD", pay_load, "write deny-oom", 1, 1, 1, ""],
+    ],
+    event_handlers: [
+        [@GENERIC: on_keyspace_event],
+    ],
+}

@@ -1,0 +1,415 @@
+//! The Redis side of a payment record: the module data type and its
+//! callbacks, and every event that tells the pending index a record came,
+//! moved or went.
+
+use std::ffi::{c_char, c_int, c_void};
+use std::sync::{Mutex, MutexGuard};
+
+use redis_module::native_types::RedisType;
+use redis_module::{logging, raw, Context, NotifyEvent, RedisString};
+
+use crate::codec;
+use crate::error::PayError;
+use crate::index::{Facts, Index, Member};
+use crate::record::Record;
+
+/// Calls a Redis module API function whose presence [`check_api`] verified at load.
+macro_rules! rm {
+    ($f:ident ( $($arg:expr),* $(,)? )) => {
+        // SAFETY: the function pointer was checked at load time; every caller
+        // runs on a thread Redis allows for it and passes pointers Redis gave us.
+        unsafe { raw::$f.expect(concat!(stringify!($f), " is checked at load"))($($arg),*) }
+    };
+}
+pub(crate) use rm;
+
+/// Type name (exactly 9 characters) and RDB encoding version.
+pub const TYPE_NAME: &str = "payrecord";
+pub const ENCODING_VERSION: i32 = 1;
+
+/// A record as Redis holds it: the persisted record and its index membership.
+pub struct Payment {
+    pub rec: Record,
+    pub member: Member,
+}
+
+impl Payment {
+    pub fn facts(&self) -> Facts {
+        facts(&self.rec)
+    }
+}
+
+pub fn facts(r: &Record) -> Facts {
+    Facts {
+        created_at: r.created_at,
+        status: r.status,
+        stale: r.stale,
+    }
+}
+
+pub static PAY_TYPE: RedisType = RedisType::new(
+    TYPE_NAME,
+    ENCODING_VERSION,
+    raw::RedisModuleTypeMethods {
+        version: raw::REDISMODULE_TYPE_METHOD_VERSION as u64,
+        rdb_load: Some(rdb_load),
+        rdb_save: Some(rdb_save),
+        aof_rewrite: Some(aof_rewrite),
+        mem_usage: Some(mem_usage),
+        digest: Some(digest),
+        free: Some(free),
+        aux_load: None,
+        aux_save: None,
+        aux_save_triggers: 0,
+        free_effort: Some(free_effort),
+        unlink: None,
+        copy: None,
+        defrag: None,
+        mem_usage2: None,
+        free_effort2: None,
+        unlink2: None,
+        copy2: Some(copy2),
+        aux_save2: None,
+    },
+);
+
+static INDEX: Mutex<Index> = Mutex::new(Index::new());
+
+/// The pending index. Locked only briefly: the main thread uses it, and the
+/// lazy-free thread touches it when FLUSHALL ASYNC frees values.
+pub fn index() -> MutexGuard<'static, Index> {
+    INDEX
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The index for INFO, which may run in a crash report: never wait for the lock.
+pub fn try_index() -> Option<MutexGuard<'static, Index>> {
+    match INDEX.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
+pub fn now_ms() -> i64 {
+    rm!(RedisModule_Milliseconds())
+}
+
+pub fn selected_db(ctx: &Context) -> i32 {
+    rm!(RedisModule_GetSelectedDb(ctx.ctx))
+}
+
+/// Fails the load, with a clear log line, on a server that lacks an API the
+/// module relies on.
+pub fn check_api() -> Result<(), String> {
+    macro_rules! present {
+        ($($f:ident),*) => {
+            [$((
+                stringify!($f),
+                // SAFETY: a by-value read of the table Redis filled in at init.
+                unsafe { raw::$f }.is_some(),
+            )),*]
+        };
+    }
+    let present = present!(
+        RedisModule_Milliseconds,
+        RedisModule_GetSelectedDb,
+        RedisModule_GetKeyNameFromIO,
+        RedisModule_GetDbIdFromIO,
+        RedisModule_GetToKeyNameFromOptCtx,
+        RedisModule_GetToDbIdFromOptCtx,
+        RedisModule_EmitAOF,
+        RedisModule_Replicate,
+        RedisModule_ReplicateVerbatim,
+        RedisModule_DigestAddStringBuffer,
+        RedisModule_DigestEndSequence,
+        RedisModule_ReplyWithMap,
+        RedisModule_ReplySetArrayLength,
+        RedisModule_SubscribeToServerEvent,
+        RedisModule_RegisterNumericConfig,
+        RedisModule_LoadConfigs,
+        RedisModule_SetExpire,
+        RedisModule_GetContextFlags,
+        RedisModule_KeyType,
+        RedisModule_ModuleTypeGetType,
+        RedisModule_ModuleTypeGetValue,
+        RedisModule_ModuleTypeSetValue
+    );
+    let missing: Vec<&str> = present
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(name, _)| name.trim_start_matches("RedisModule_"))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "this server lacks module APIs redis-pay needs (Redis 7.0 or later): {}",
+            missing.join(", ")
+        ))
+    }
+}
+
+/// Sets a key's expiry to an absolute Unix ms time. Exact where the server has
+/// `RedisModule_SetAbsExpire` (Redis 7.2+, Valkey); on Redis 7.0 it is set
+/// relative to this server's clock, which can land 1 ms later.
+pub fn set_expire_at(key: *mut raw::RedisModuleKey, at_ms: i64) {
+    // SAFETY: reading the function-pointer table Redis filled in at init.
+    if let Some(set_abs) = unsafe { raw::RedisModule_SetAbsExpire } {
+        // SAFETY: `key` is an open writable key of the calling command.
+        unsafe { set_abs(key, at_ms) };
+    } else {
+        let relative = at_ms.saturating_sub(now_ms()).max(1);
+        rm!(RedisModule_SetExpire(key, relative));
+    }
+}
+
+unsafe extern "C" fn rdb_load(io: *mut raw::RedisModuleIO, encver: c_int) -> *mut c_void {
+    if encver != ENCODING_VERSION {
+        logging::log_io_error(
+            io,
+            logging::RedisLogLevel::Warning,
+            &format!("redis-pay: cannot load record encoding version {encver}"),
+        );
+        return std::ptr::null_mut();
+    }
+    let Ok(buffer) = raw::load_string_buffer(io) else {
+        return std::ptr::null_mut();
+    };
+    let rec = match codec::decode(buffer.as_ref()) {
+        Ok(rec) => rec,
+        Err(e) => {
+            logging::log_io_error(
+                io,
+                logging::RedisLogLevel::Warning,
+                &format!("redis-pay: {e}"),
+            );
+            return std::ptr::null_mut();
+        }
+    };
+    let name = rm!(RedisModule_GetKeyNameFromIO(io));
+    let key = if name.is_null() {
+        &[][..]
+    } else {
+        RedisString::string_as_slice(name)
+    };
+    let db = rm!(RedisModule_GetDbIdFromIO(io));
+    let member = index().admit(db, key, facts(&rec));
+    Box::into_raw(Box::new(Payment { rec, member })).cast()
+}
+
+/// # Safety
+/// `value` must be a `Payment` this module made.
+unsafe fn payment<'a>(value: *const c_void) -> &'a Payment {
+    // SAFETY: Redis hands back only values of this type to its callbacks.
+    unsafe { &*value.cast::<Payment>() }
+}
+
+unsafe extern "C" fn rdb_save(io: *mut raw::RedisModuleIO, value: *mut c_void) {
+    // SAFETY: a value of this type.
+    let p = unsafe { payment(value) };
+    raw::save_slice(io, &codec::encode(&p.rec));
+}
+
+unsafe extern "C" fn aof_rewrite(
+    io: *mut raw::RedisModuleIO,
+    key: *mut raw::RedisModuleString,
+    value: *mut c_void,
+) {
+    // SAFETY: a value of this type.
+    let p = unsafe { payment(value) };
+    let blob = codec::encode(&p.rec);
+    // Redis appends PEXPIREAT itself for keys with a TTL.
+    rm!(RedisModule_EmitAOF(
+        io,
+        c"PAY.LOAD".as_ptr(),
+        c"sb".as_ptr(),
+        key,
+        blob.as_ptr().cast::<c_char>(),
+        blob.len(),
+    ));
+}
+
+unsafe extern "C" fn mem_usage(value: *const c_void) -> usize {
+    // SAFETY: a value of this type.
+    let p = unsafe { payment(value) };
+    std::mem::size_of::<Payment>() + p.rec.heap_size()
+}
+
+unsafe extern "C" fn digest(md: *mut raw::RedisModuleDigest, value: *mut c_void) {
+    // SAFETY: a value of this type.
+    let p = unsafe { payment(value) };
+    let blob = codec::encode(&p.rec);
+    rm!(RedisModule_DigestAddStringBuffer(
+        md,
+        blob.as_ptr().cast::<c_char>(),
+        blob.len()
+    ));
+    rm!(RedisModule_DigestEndSequence(md));
+}
+
+unsafe extern "C" fn free(value: *mut c_void) {
+    // SAFETY: Redis frees each value exactly once, and only values of this type.
+    let p = unsafe { Box::from_raw(value.cast::<Payment>()) };
+    index().release(p.member, p.facts());
+}
+
+/// A record is small: Redis frees it at once, on the main thread, even for
+/// UNLINK; only FLUSHALL/FLUSHDB ASYNC hand it to the lazy-free thread.
+unsafe extern "C" fn free_effort(
+    _key: *mut raw::RedisModuleString,
+    _value: *const c_void,
+) -> usize {
+    1
+}
+
+unsafe extern "C" fn copy2(
+    ctx: *mut raw::RedisModuleKeyOptCtx,
+    value: *const c_void,
+) -> *mut c_void {
+    // SAFETY: a value of this type.
+    let p = unsafe { payment(value) };
+    let to_key = RedisString::string_as_slice(rm!(RedisModule_GetToKeyNameFromOptCtx(ctx)));
+    let to_db = rm!(RedisModule_GetToDbIdFromOptCtx(ctx));
+    let rec = p.rec.clone();
+    let member = index().admit(to_db, to_key, facts(&rec));
+    Box::into_raw(Box::new(Payment { rec, member })).cast()
+}
+
+/// Keyspace events: RENAME and MOVE carry a value to a new name or database
+/// without any type callback; the index follows it here.
+pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[u8]) {
+    if event != "rename_to" && event != "move_to" {
+        return;
+    }
+    let name = RedisString::create_from_slice(ctx.ctx, key);
+    let db = selected_db(ctx);
+    let k = PayKey::open(ctx, &name, false);
+    if let Ok(Some(p)) = k.payment() {
+        let f = p.facts();
+        let member = index().relocate(p.member, f, db, key);
+        p.member = member;
+    }
+}
+
+/// Subscribes to FLUSHDB/FLUSHALL and SWAPDB.
+pub fn subscribe_server_events(ctx: &Context) -> Result<(), String> {
+    for (id, callback) in [
+        (
+            raw::REDISMODULE_EVENT_FLUSHDB,
+            on_flush as unsafe extern "C" fn(_, _, _, _),
+        ),
+        (raw::REDISMODULE_EVENT_SWAPDB, on_swapdb),
+    ] {
+        let event = raw::RedisModuleEvent { id, dataver: 1 };
+        if rm!(RedisModule_SubscribeToServerEvent(
+            ctx.ctx,
+            event,
+            Some(callback)
+        )) != raw::REDISMODULE_OK as c_int
+        {
+            return Err(format!("cannot subscribe to server event {id}"));
+        }
+    }
+    Ok(())
+}
+
+unsafe extern "C" fn on_flush(
+    _ctx: *mut raw::RedisModuleCtx,
+    _eid: raw::RedisModuleEvent,
+    subevent: u64,
+    data: *mut c_void,
+) {
+    if subevent != raw::REDISMODULE_SUBEVENT_FLUSHDB_START || data.is_null() {
+        return;
+    }
+    // SAFETY: Redis passes a RedisModuleFlushInfo with this event.
+    let info = unsafe { &*data.cast::<raw::RedisModuleFlushInfoV1>() };
+    index().flush(info.dbnum);
+}
+
+unsafe extern "C" fn on_swapdb(
+    _ctx: *mut raw::RedisModuleCtx,
+    _eid: raw::RedisModuleEvent,
+    _subevent: u64,
+    data: *mut c_void,
+) {
+    if data.is_null() {
+        return;
+    }
+    // SAFETY: Redis passes a RedisModuleSwapDbInfo with this event.
+    let info = unsafe { &*data.cast::<raw::RedisModuleSwapDbInfoV1>() };
+    index().swap_db(info.dbnum_first, info.dbnum_second);
+}
+
+/// An open key, seen as a payment slot. Closed on drop.
+pub struct PayKey {
+    key: *mut raw::RedisModuleKey,
+}
+
+impl PayKey {
+    /// Opens `name` in the context's database, for reading or for writing.
+    pub fn open(ctx: &Context, name: &RedisString, write: bool) -> PayKey {
+        let mode = if write {
+            raw::KeyMode::READ | raw::KeyMode::WRITE
+        } else {
+            raw::KeyMode::READ
+        };
+        PayKey {
+            key: raw::open_key(ctx.ctx, name.inner, mode),
+        }
+    }
+
+    /// The payment under this key: `None` if the key is empty, `WrongType` if
+    /// it holds anything else.
+    #[allow(clippy::mut_from_ref)]
+    pub fn payment(&self) -> Result<Option<&mut Payment>, PayError> {
+        if self.key.is_null() {
+            return Ok(None);
+        }
+        let kind = rm!(RedisModule_KeyType(self.key));
+        if kind == raw::REDISMODULE_KEYTYPE_EMPTY as c_int {
+            return Ok(None);
+        }
+        if kind != raw::REDISMODULE_KEYTYPE_MODULE as c_int
+            || rm!(RedisModule_ModuleTypeGetType(self.key)) != *PAY_TYPE.raw_type.borrow()
+        {
+            return Err(PayError::WrongType);
+        }
+        let value = rm!(RedisModule_ModuleTypeGetValue(self.key)).cast::<Payment>();
+        // SAFETY: a value of our type; Redis runs one command at a time, so no
+        // other reference to it is live while this key is open.
+        Ok(unsafe { value.as_mut() })
+    }
+
+    /// Stores a new payment under this (empty, writable) key.
+    pub fn set(&self, p: Payment) -> Result<(), PayError> {
+        let value = Box::into_raw(Box::new(p));
+        let status = rm!(RedisModule_ModuleTypeSetValue(
+            self.key,
+            *PAY_TYPE.raw_type.borrow(),
+            value.cast()
+        ));
+        if status == raw::REDISMODULE_OK as c_int {
+            Ok(())
+        } else {
+            // SAFETY: Redis did not take the value; it is still ours to free.
+            let p = unsafe { Box::from_raw(value) };
+            index().release(p.member, p.facts());
+            Err(PayError::WrongType)
+        }
+    }
+
+    pub fn expire_at(&self, at_ms: i64) {
+        set_expire_at(self.key, at_ms);
+    }
+}
+
+impl Drop for PayKey {
+    fn drop(&mut self) {
+        if !self.key.is_null() {
+            raw::close_key(self.key);
+        }
+    }
+}
