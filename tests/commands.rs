@@ -1,0 +1,427 @@
+//! The command contract, against a real server with the module loaded.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Barrier};
+
+use common::*;
+use redis::Value;
+
+#[test]
+fn cache_creates_a_pending_record_with_server_timestamps() {
+    let s = Server::start();
+    let mut c = s.conn();
+    let before: i64 = redis::cmd("TIME")
+        .query::<Vec<i64>>(&mut c)
+        .map(|t| t[0] * 1000 + t[1] / 1000)
+        .unwrap();
+    let r = cache(&mut c, "txn_12345", "67890", 1000, "usd");
+    assert_eq!(r["outcome"], "created");
+    assert_eq!(r["transaction_id"], "txn_12345");
+    assert_eq!(r["user_id"], "67890");
+    assert_eq!(r["amount"], "1000");
+    assert_eq!(r["currency"], "USD");
+    assert_eq!(r["status"], "pending");
+    assert_eq!(r["attempts"], "0");
+    assert_eq!(r["stale"], "0");
+    assert_eq!(r["reason"], "");
+    assert_eq!(r["provider_ref"], "");
+    let created: i64 = r["created_at"].parse().unwrap();
+    assert!(
+        created >= before && created < before + 5000,
+        "{created} vs {before}"
+    );
+    assert_eq!(r["updated_at"], r["created_at"]);
+}
+
+#[test]
+fn duplicate_cache_returns_first_record_and_changes_nothing() {
+    let s = Server::start();
+    let mut c = s.conn();
+    let first = cache(&mut c, "txn_1", "u1", 1000, "EUR");
+    let d = digest(&mut c);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let again = cache(&mut c, "txn_1", "u1", 1000, "eur");
+    assert_eq!(again["outcome"], "duplicate");
+    let strip = |mut m: BTreeMap<String, String>| {
+        m.remove("outcome");
+        m
+    };
+    assert_eq!(strip(again), strip(first));
+    assert_eq!(digest(&mut c), d);
+    assert_eq!(info_field(&mut c, "created"), 1);
+    assert_eq!(info_field(&mut c, "duplicates"), 1);
+}
+
+#[test]
+fn cache_with_other_parameters_is_a_mismatch_and_changes_nothing() {
+    let s = Server::start();
+    let mut c = s.conn();
+    cache(&mut c, "txn_1", "u1", 1000, "EUR");
+    let d = digest(&mut c);
+    for (user, amount, cur, what) in [
+        ("u2", 1000, "EUR", "user_id"),
+        ("u1", 1001, "EUR", "amount"),
+        ("u1", 1000, "USD", "currency"),
+    ] {
+        let e = err(
+            &mut c,
+            redis::cmd("PAY.CACHE")
+                .arg("txn_1")
+                .arg(user)
+                .arg(amount)
+                .arg(cur),
+        );
+        assert!(e.starts_with("MISMATCH"), "{e}");
+        assert!(e.contains(what), "{e}");
+    }
+    assert_eq!(digest(&mut c), d);
+    assert_eq!(info_field(&mut c, "mismatches"), 3);
+}
+
+#[test]
+fn pay_commands_on_a_key_of_another_type_are_wrongtype() {
+    let s = Server::start();
+    let mut c = s.conn();
+    let _: () = redis::cmd("SET")
+        .arg("plain")
+        .arg("v")
+        .query(&mut c)
+        .unwrap();
+    let d = digest(&mut c);
+    for cmd in [
+        redis::cmd("PAY.CACHE")
+            .arg("plain")
+            .arg("u")
+            .arg(1)
+            .arg("USD")
+            .clone(),
+        redis::cmd("PAY.CHECK").arg("plain").clone(),
+        redis::cmd("PAY.UPDATE").arg("plain").arg("failed").clone(),
+    ] {
+        assert!(err(&mut c, &cmd).starts_with("WRONGTYPE"));
+    }
+    assert_eq!(digest(&mut c), d);
+    let t: String = redis::cmd("TYPE").arg("plain").query(&mut c).unwrap();
+    assert_eq!(t, "string");
+}
+
+#[test]
+fn replies_are_a_map_in_resp3_and_a_flat_array_in_resp2() {
+    let s = Server::start();
+    let mut c2 = s.conn();
+    let mut c3 = s.conn3();
+    cache(&mut c2, "k", "u", 5, "USD");
+    let v2: Value = redis::cmd("PAY.CHECK").arg("k").query(&mut c2).unwrap();
+    let v3: Value = redis::cmd("PAY.CHECK").arg("k").query(&mut c3).unwrap();
+    match &v2 {
+        Value::Array(a) => {
+            assert_eq!(a.len(), 26);
+            assert_eq!(text(&a[0]), "transaction_id");
+            assert_eq!(a[5], Value::Int(5), "amount is an integer");
+        }
+        other => panic!("RESP2 reply: {other:?}"),
+    }
+    assert!(matches!(v3, Value::Map(_)), "RESP3 reply: {v3:?}");
+    assert_eq!(record(&v2), record(&v3));
+    let created: Value = redis::cmd("PAY.CACHE")
+        .arg("k2")
+        .arg("u")
+        .arg(1)
+        .arg("USD")
+        .query(&mut c3)
+        .unwrap();
+    match created {
+        Value::Map(m) => assert_eq!(text(&m[0].0), "outcome"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn check_returns_nil_for_an_absent_key_and_the_service_json_shape() {
+    let s = Server::start();
+    let mut c = s.conn();
+    assert_eq!(check(&mut c, "nope"), None);
+    let nil: Value = redis::cmd("PAY.CHECK")
+        .arg("nope")
+        .arg("JSON")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(nil, Value::Nil);
+    let r = cache(&mut c, "txn_12345", "67890", 1000, "USD");
+    let json: String = redis::cmd("PAY.CHECK")
+        .arg("txn_12345")
+        .arg("JSON")
+        .query(&mut c)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["transaction_id"], "txn_12345");
+    assert_eq!(v["user_id"], 67890);
+    assert_eq!(v["status"], "pending");
+    assert_eq!(v["amount"], 1000);
+    assert_eq!(v["currency"], "USD");
+    let created: i64 = r["created_at"].parse().unwrap();
+    assert_eq!(v["created_at"], created);
+    let ts = v["timestamp"].as_str().unwrap();
+    assert_eq!(ts.len(), "2024-01-30T12:45:00Z".len());
+    assert!(ts.ends_with('Z'));
+    assert!(json.starts_with(r#"{"transaction_id":"txn_12345","user_id":67890,"status":"pending","amount":1000,"currency":"USD","timestamp":""#));
+    cache(&mut c, "txn_2", "user-abc", 1, "USD");
+    let json: String = redis::cmd("PAY.CHECK")
+        .arg("txn_2")
+        .arg("json")
+        .query(&mut c)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["user_id"], "user-abc");
+}
+
+#[test]
+fn update_follows_the_state_machine() {
+    let s = Server::start();
+    let mut c = s.conn();
+    let created = cache(&mut c, "t", "u", 10, "USD");
+    // pending -> pending records a transient error.
+    let v: Value = redis::cmd("PAY.UPDATE")
+        .arg("t")
+        .arg("pending")
+        .arg("REASON")
+        .arg("bank timeout")
+        .query(&mut c)
+        .unwrap();
+    let r = record(&v);
+    assert_eq!(
+        (r["status"].as_str(), r["reason"].as_str()),
+        ("pending", "bank timeout")
+    );
+    assert!(r["updated_at"] >= created["updated_at"]);
+    // pending -> succeeded with the provider's reference.
+    let v: Value = redis::cmd("PAY.UPDATE")
+        .arg("t")
+        .arg("SUCCEEDED")
+        .arg("REF")
+        .arg("ch_1")
+        .query(&mut c)
+        .unwrap();
+    let done = record(&v);
+    assert_eq!(
+        (done["status"].as_str(), done["provider_ref"].as_str()),
+        ("succeeded", "ch_1")
+    );
+    // Same terminal status again: idempotent no-op.
+    let d = digest(&mut c);
+    let again = update(&mut c, "t", "succeeded");
+    assert_eq!(again, done);
+    assert_eq!(digest(&mut c), d);
+    // Any other change of a terminal status is refused.
+    for to in ["failed", "pending"] {
+        let e = err(&mut c, redis::cmd("PAY.UPDATE").arg("t").arg(to));
+        assert!(e.starts_with("TRANSITION"), "{e}");
+    }
+    assert_eq!(digest(&mut c), d);
+    // pending -> failed with a reason.
+    cache(&mut c, "t2", "u", 10, "USD");
+    let v: Value = redis::cmd("PAY.UPDATE")
+        .arg("t2")
+        .arg("failed")
+        .arg("REASON")
+        .arg("card declined")
+        .query(&mut c)
+        .unwrap();
+    let r = record(&v);
+    assert_eq!(
+        (r["status"].as_str(), r["reason"].as_str()),
+        ("failed", "card declined")
+    );
+    assert_eq!(info_field(&mut c, "updates"), 3);
+}
+
+#[test]
+fn update_of_a_missing_payment_is_a_clear_error() {
+    let s = Server::start();
+    let mut c = s.conn();
+    let e = err(&mut c, redis::cmd("PAY.UPDATE").arg("ghost").arg("failed"));
+    assert_eq!(e, "ERR no such payment");
+    let n: i64 = redis::cmd("EXISTS").arg("ghost").query(&mut c).unwrap();
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn stuck_lists_pending_oldest_first_with_older_and_count() {
+    let s = Server::with(Opts::new().module_arg("stale-after-ms").module_arg("200"));
+    let mut c = s.conn();
+    for i in 0..5 {
+        cache(&mut c, &format!("t{i}"), "u", 1, "USD");
+        std::thread::sleep(std::time::Duration::from_millis(3));
+    }
+    update(&mut c, "t2", "succeeded");
+    assert_eq!(stuck_keys(&mut c), ["t0", "t1", "t3", "t4"]);
+    let v: Value = redis::cmd("PAY.STUCK")
+        .arg("OLDER")
+        .arg(0)
+        .arg("COUNT")
+        .arg(2)
+        .query(&mut c)
+        .unwrap();
+    let Value::Array(items) = v else { panic!() };
+    let keys: Vec<String> = items
+        .iter()
+        .map(|r| record(r)["transaction_id"].clone())
+        .collect();
+    assert_eq!(keys, ["t0", "t1"]);
+    // Default OLDER is pay.stale-after-ms (200 ms here): nothing yet.
+    let v: Value = redis::cmd("PAY.STUCK").query(&mut c).unwrap();
+    assert_eq!(v, Value::Array(vec![]));
+    let v: Value = redis::cmd("PAY.STUCK")
+        .arg("OLDER")
+        .arg(60_000)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(v, Value::Array(vec![]));
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    let v: Value = redis::cmd("PAY.STUCK").query(&mut c).unwrap();
+    let Value::Array(items) = v else { panic!() };
+    assert_eq!(items.len(), 4);
+}
+
+#[test]
+fn records_expire_with_their_ttl_or_the_default() {
+    let s = Server::with(Opts::new().module_arg("default-ttl").module_arg("100"));
+    let mut c = s.conn();
+    cache(&mut c, "default", "u", 1, "USD");
+    let _: Value = redis::cmd("PAY.CACHE")
+        .arg("explicit")
+        .arg("u")
+        .arg(1)
+        .arg("USD")
+        .arg("TTL")
+        .arg(1)
+        .query(&mut c)
+        .unwrap();
+    let t: i64 = redis::cmd("TTL").arg("default").query(&mut c).unwrap();
+    assert!((99..=100).contains(&t), "ttl {t}");
+    let created: i64 = check(&mut c, "explicit").unwrap()["created_at"]
+        .parse()
+        .unwrap();
+    let at: i64 = redis::cmd("PEXPIRETIME")
+        .arg("explicit")
+        .query(&mut c)
+        .unwrap();
+    assert!(
+        (created + 1000..=created + 1001).contains(&at),
+        "{at} vs {created}"
+    );
+    // A duplicate leaves the TTL alone.
+    let _: Value = redis::cmd("PAY.CACHE")
+        .arg("explicit")
+        .arg("u")
+        .arg(1)
+        .arg("USD")
+        .arg("TTL")
+        .arg(500)
+        .query(&mut c)
+        .unwrap();
+    let at2: i64 = redis::cmd("PEXPIRETIME")
+        .arg("explicit")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(at, at2);
+    assert!(wait_until(std::time::Duration::from_secs(5), || check(
+        &mut c, "explicit"
+    )
+    .is_none()));
+    assert_eq!(stuck_keys(&mut c), ["default"]);
+}
+
+#[test]
+fn concurrent_cache_creates_each_key_exactly_once() {
+    let s = Server::start();
+    const THREADS: usize = 32;
+    const KEYS: usize = 50;
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let mut c = s.conn();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                let mut created = Vec::new();
+                for round in 0..4 {
+                    for k in 0..KEYS {
+                        let r = cache(&mut c, &format!("race:{k}"), "u", 100, "USD");
+                        if r["outcome"] == "created" {
+                            created.push(k);
+                        }
+                        let _ = round;
+                    }
+                }
+                created
+            })
+        })
+        .collect();
+    let mut per_key = vec![0; KEYS];
+    for h in handles {
+        for k in h.join().unwrap() {
+            per_key[k] += 1;
+        }
+    }
+    assert!(
+        per_key.iter().all(|&n| n == 1),
+        "created counts: {per_key:?}"
+    );
+    let mut c = s.conn();
+    assert_eq!(info_field(&mut c, "created"), KEYS as i64);
+    assert_eq!(
+        info_field(&mut c, "duplicates"),
+        (THREADS * KEYS * 4 - KEYS) as i64
+    );
+    assert_index_exact(&mut c, &[0]);
+}
+
+#[test]
+fn writes_raise_keyspace_notifications() {
+    let s = Server::with(Opts::new().config("notify-keyspace-events", "KEd"));
+    let mut sub = s.conn();
+    let mut ps = sub.as_pubsub();
+    ps.psubscribe("__keyevent@0__:pay.*").unwrap();
+    ps.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut c = s.conn();
+    cache(&mut c, "n1", "u", 1, "USD");
+    update(&mut c, "n1", "failed");
+    let mut events = Vec::new();
+    while events.len() < 2 {
+        let msg = ps.get_message().unwrap();
+        events.push((
+            msg.get_channel_name().to_string(),
+            msg.get_payload::<String>().unwrap(),
+        ));
+    }
+    assert_eq!(
+        events,
+        [
+            ("__keyevent@0__:pay.cache".to_string(), "n1".to_string()),
+            ("__keyevent@0__:pay.update".to_string(), "n1".to_string())
+        ]
+    );
+}
+
+#[test]
+fn info_pay_counts_records_by_status() {
+    let s = Server::start();
+    let mut c = s.conn();
+    for i in 0..6 {
+        cache(&mut c, &format!("k{i}"), "u", 1, "USD");
+    }
+    update(&mut c, "k0", "succeeded");
+    update(&mut c, "k1", "succeeded");
+    update(&mut c, "k2", "failed");
+    assert_eq!(info_field(&mut c, "records_pending"), 3);
+    assert_eq!(info_field(&mut c, "records_succeeded"), 2);
+    assert_eq!(info_field(&mut c, "records_failed"), 1);
+    assert_eq!(info_field(&mut c, "created"), 6);
+    assert_eq!(info_field(&mut c, "updates"), 3);
+    let _ = err(&mut c, redis::cmd("PAY.CACHE").arg("x"));
+    assert_eq!(info_field(&mut c, "errors"), 1);
+}

@@ -1,0 +1,426 @@
+//! Test harness: real servers with the module loaded, on free loopback ports,
+//! in temporary directories, killed on drop even when a test panics.
+//!
+//! `PAY_SERVER` names the server binary (default `redis-server`); `make test`
+//! runs the suite once with Redis and once with Valkey. `PAY_MODULE` names
+//! the module (default: the release build in `target/`).
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use redis::{Connection, Value};
+
+pub fn server_bin() -> String {
+    std::env::var("PAY_SERVER").unwrap_or_else(|_| "redis-server".into())
+}
+
+pub fn module_path() -> PathBuf {
+    let path = std::env::var("PAY_MODULE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/libredis_pay.so")
+        });
+    assert!(
+        path.exists(),
+        "module not built at {} (run `make build`)",
+        path.display()
+    );
+    path
+}
+
+/// How to start a server.
+#[derive(Clone, Default)]
+pub struct Opts {
+    /// Arguments after `--loadmodule path`.
+    pub module_args: Vec<String>,
+    /// `--name value` pairs.
+    pub config: Vec<(String, String)>,
+}
+
+impl Opts {
+    pub fn new() -> Opts {
+        Opts::default()
+    }
+
+    pub fn config(mut self, name: &str, value: &str) -> Opts {
+        self.config.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn module_arg(mut self, arg: &str) -> Opts {
+        self.module_args.push(arg.into());
+        self
+    }
+}
+
+pub struct Server {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+    opts: Opts,
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().unwrap().port()
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Server::with(Opts::new())
+    }
+
+    pub fn with(opts: Opts) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut s = Server {
+            child: None,
+            port: 0,
+            dir,
+            opts,
+        };
+        s.boot();
+        s
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir().join("server.log")).unwrap_or_default()
+    }
+
+    /// Starts the server process on a free port, retrying if the port was
+    /// taken in between.
+    fn boot(&mut self) {
+        for _ in 0..5 {
+            let port = free_port();
+            let mut cmd = Command::new(server_bin());
+            cmd.arg("--port")
+                .arg(port.to_string())
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--enable-debug-command", "yes", "--logfile", "server.log"])
+                .arg("--dir")
+                .arg(self.dir.path());
+            for (k, v) in &self.opts.config {
+                cmd.arg(format!("--{k}")).arg(v);
+            }
+            cmd.arg("--loadmodule").arg(module_path());
+            cmd.args(&self.opts.module_args);
+            cmd.current_dir(self.dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let child = cmd
+                .spawn()
+                .expect("spawn server (is PAY_SERVER installed?)");
+            self.child = Some(child);
+            self.port = port;
+            if self.wait_ready() {
+                return;
+            }
+            self.kill();
+        }
+        panic!("server did not start; log:\n{}", self.log());
+    }
+
+    fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return false;
+                }
+            }
+            if let Ok(mut c) = self.try_conn() {
+                // LOADING replies an error until the data set is in memory.
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return true;
+                }
+            }
+            sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Whether the process has exited (e.g. refused to start).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(Some(_))))
+    }
+
+    fn try_conn(&self) -> redis::RedisResult<Connection> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?;
+        client.get_connection_with_timeout(Duration::from_secs(5))
+    }
+
+    /// A RESP2 connection.
+    pub fn conn(&self) -> Connection {
+        let c = self.try_conn().expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        c
+    }
+
+    /// A RESP3 connection.
+    pub fn conn3(&self) -> Connection {
+        let client =
+            redis::Client::open(format!("redis://127.0.0.1:{}/?protocol=resp3", self.port))
+                .unwrap();
+        client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .expect("connect resp3")
+    }
+
+    /// Kills the process at once (SIGKILL): no save, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `SHUTDOWN` with or without a save, then waits for the process to end.
+    pub fn shutdown(&mut self, save: bool) {
+        let mut c = self.conn();
+        let arg = if save { "SAVE" } else { "NOSAVE" };
+        let _: redis::RedisResult<()> = redis::cmd("SHUTDOWN").arg(arg).query(&mut c);
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again in the same directory with the same options,
+    /// so it loads what the last run persisted.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.boot();
+    }
+
+    pub fn set_opts(&mut self, opts: Opts) {
+        self.opts = opts;
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs a command, expecting an error; returns its text.
+pub fn err(c: &mut Connection, cmd: &redis::Cmd) -> String {
+    match cmd.query::<Value>(c) {
+        Err(e) => {
+            let code = e.code().unwrap_or("");
+            let detail = e.detail().unwrap_or("");
+            format!("{code} {detail}").trim().to_string()
+        }
+        Ok(v) => panic!("expected an error, got {v:?}"),
+    }
+}
+
+pub fn text(v: &Value) -> String {
+    match v {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::SimpleString(s) => s.clone(),
+        Value::Int(n) => n.to_string(),
+        Value::Okay => "OK".into(),
+        other => panic!("not a scalar: {other:?}"),
+    }
+}
+
+/// A record reply (RESP3 map or RESP2 flat array) as field -> text.
+pub fn record(v: &Value) -> BTreeMap<String, String> {
+    let pairs: Vec<(String, String)> = match v {
+        Value::Map(m) => m.iter().map(|(k, v)| (text(k), text(v))).collect(),
+        Value::Array(a) => {
+            assert!(a.len() % 2 == 0, "odd flat record: {a:?}");
+            a.chunks(2).map(|p| (text(&p[0]), text(&p[1]))).collect()
+        }
+        other => panic!("not a record: {other:?}"),
+    };
+    pairs.into_iter().collect()
+}
+
+pub fn cache(
+    c: &mut Connection,
+    key: &str,
+    user: &str,
+    amount: i64,
+    cur: &str,
+) -> BTreeMap<String, String> {
+    let v: Value = redis::cmd("PAY.CACHE")
+        .arg(key)
+        .arg(user)
+        .arg(amount)
+        .arg(cur)
+        .query(c)
+        .expect("PAY.CACHE");
+    record(&v)
+}
+
+pub fn check(c: &mut Connection, key: &str) -> Option<BTreeMap<String, String>> {
+    let v: Value = redis::cmd("PAY.CHECK")
+        .arg(key)
+        .query(c)
+        .expect("PAY.CHECK");
+    match v {
+        Value::Nil => None,
+        v => Some(record(&v)),
+    }
+}
+
+pub fn update(c: &mut Connection, key: &str, status: &str) -> BTreeMap<String, String> {
+    let v: Value = redis::cmd("PAY.UPDATE")
+        .arg(key)
+        .arg(status)
+        .query(c)
+        .expect("PAY.UPDATE");
+    record(&v)
+}
+
+/// The transaction ids PAY.STUCK lists (OLDER 0: every pending record).
+pub fn stuck_keys(c: &mut Connection) -> Vec<String> {
+    stuck_records(c)
+        .into_iter()
+        .map(|r| r["transaction_id"].clone())
+        .collect()
+}
+
+/// Every pending record PAY.STUCK lists (OLDER 0), in its order.
+pub fn stuck_records(c: &mut Connection) -> Vec<BTreeMap<String, String>> {
+    let v: Value = redis::cmd("PAY.STUCK")
+        .arg("OLDER")
+        .arg(0)
+        .arg("COUNT")
+        .arg(100_000)
+        .query(c)
+        .expect("PAY.STUCK");
+    match v {
+        Value::Array(items) => items.iter().map(record).collect(),
+        other => panic!("PAY.STUCK reply: {other:?}"),
+    }
+}
+
+/// The transaction ids PAY.STUCK lists, as a set (records created in the same
+/// millisecond are equally old, in no promised order).
+pub fn stuck_set(c: &mut Connection) -> BTreeSet<String> {
+    stuck_keys(c).into_iter().collect()
+}
+
+pub fn set(keys: &[&str]) -> BTreeSet<String> {
+    keys.iter().map(|k| k.to_string()).collect()
+}
+
+/// A field of INFO pay, as a number.
+pub fn info_field(c: &mut Connection, field: &str) -> i64 {
+    let info: String = redis::cmd("INFO").arg("pay").query(c).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("pay_{field}:")))
+        .unwrap_or_else(|| panic!("no pay_{field} in INFO:\n{info}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+pub fn select(c: &mut Connection, db: i64) {
+    let _: () = redis::cmd("SELECT").arg(db).query(c).unwrap();
+}
+
+/// Every key of the current database, by SCAN.
+pub fn all_keys(c: &mut Connection) -> BTreeSet<String> {
+    let mut cursor = 0u64;
+    let mut keys = BTreeSet::new();
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(1000)
+            .query(c)
+            .unwrap();
+        keys.extend(batch);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+    }
+}
+
+/// The invariant behind every index test: in database `db`, PAY.STUCK OLDER 0
+/// lists exactly the pending records a keyspace scan finds, each once, and
+/// INFO's per-status counts (over `dbs`) match the records there.
+pub fn assert_index_exact(c: &mut Connection, dbs: &[i64]) {
+    let mut totals = BTreeMap::<String, i64>::new();
+    for &db in dbs {
+        select(c, db);
+        let mut pending = BTreeSet::new();
+        for key in all_keys(c) {
+            let v: redis::RedisResult<Value> = redis::cmd("PAY.CHECK").arg(&key).query(c);
+            let Ok(v) = v else { continue }; // another type
+            if v == Value::Nil {
+                continue;
+            }
+            let r = record(&v);
+            assert_eq!(r["transaction_id"], key);
+            *totals.entry(r["status"].clone()).or_default() += 1;
+            if r["status"] == "pending" {
+                pending.insert(key);
+            }
+        }
+        let listed = stuck_records(c);
+        let ages: Vec<i64> = listed
+            .iter()
+            .map(|r| r["created_at"].parse().unwrap())
+            .collect();
+        assert!(
+            ages.windows(2).all(|w| w[0] <= w[1]),
+            "db {db}: not oldest first: {ages:?}"
+        );
+        let listed: Vec<String> = listed.iter().map(|r| r["transaction_id"].clone()).collect();
+        let listed_set: BTreeSet<String> = listed.iter().cloned().collect();
+        assert_eq!(
+            listed.len(),
+            listed_set.len(),
+            "db {db}: PAY.STUCK lists a key twice"
+        );
+        assert_eq!(
+            listed_set, pending,
+            "db {db}: index differs from the keyspace"
+        );
+    }
+    select(c, 0);
+    for status in ["pending", "succeeded", "failed"] {
+        assert_eq!(
+            info_field(c, &format!("records_{status}")),
+            totals.get(status).copied().unwrap_or(0),
+            "INFO records_{status}"
+        );
+    }
+    assert_eq!(
+        info_field(c, "index_misses"),
+        0,
+        "PAY.STUCK met a stale index entry"
+    );
+}
+
+/// Polls `f` until it is true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// DEBUG DIGEST: one hash of the whole data set.
+pub fn digest(c: &mut Connection) -> String {
+    redis::cmd("DEBUG").arg("DIGEST").query(c).unwrap()
+}
