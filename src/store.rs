@@ -3,6 +3,7 @@
 //! moved or went.
 
 use std::ffi::{c_char, c_int, c_void};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use redis_module::native_types::RedisType;
@@ -119,6 +120,8 @@ pub fn check_api() -> Result<(), String> {
         RedisModule_GetDbIdFromIO,
         RedisModule_GetToKeyNameFromOptCtx,
         RedisModule_GetToDbIdFromOptCtx,
+        RedisModule_GetDbIdFromOptCtx,
+        RedisModule_SelectDb,
         RedisModule_EmitAOF,
         RedisModule_Replicate,
         RedisModule_ReplicateVerbatim,
@@ -272,24 +275,45 @@ unsafe extern "C" fn copy2(
     let p = unsafe { payment(value) };
     let to_key = RedisString::string_as_slice(rm!(RedisModule_GetToKeyNameFromOptCtx(ctx)));
     let to_db = rm!(RedisModule_GetToDbIdFromOptCtx(ctx));
+    SOURCE_DB.store(rm!(RedisModule_GetDbIdFromOptCtx(ctx)), Ordering::Relaxed);
     let rec = p.rec.clone();
     let member = index().admit(to_db, to_key, facts(&rec));
     Box::into_raw(Box::new(Payment { rec, member })).cast()
 }
 
+/// The database a MOVE or COPY started from, kept until its `move_to` or
+/// `copy_to` event (see [`on_keyspace_event`]). -1: none.
+static SOURCE_DB: AtomicI32 = AtomicI32::new(-1);
+
 /// Keyspace events: RENAME and MOVE carry a value to a new name or database
 /// without any type callback; the index follows it here.
+///
+/// Valkey 8.1 before valkey-io/valkey#4024 runs these callbacks on the
+/// executing client and leaves it on the event's database, so after `MOVE`
+/// (or `COPY ... DB n`) the caller would find itself in the destination
+/// database. The callback puts it back where the command started. On servers
+/// without that bug the context's client is a temporary one and selecting a
+/// database on it changes nothing.
 pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[u8]) {
-    if event != "rename_to" && event != "move_to" {
-        return;
+    match event {
+        "move_from" => SOURCE_DB.store(selected_db(ctx), Ordering::Relaxed),
+        "rename_to" | "move_to" => {
+            let name = RedisString::create_from_slice(ctx.ctx, key);
+            let db = selected_db(ctx);
+            let k = PayKey::open(ctx, &name, false);
+            if let Ok(Some(p)) = k.payment() {
+                let f = p.facts();
+                let member = index().relocate(p.member, f, db, key);
+                p.member = member;
+            }
+        }
+        _ => {}
     }
-    let name = RedisString::create_from_slice(ctx.ctx, key);
-    let db = selected_db(ctx);
-    let k = PayKey::open(ctx, &name, false);
-    if let Ok(Some(p)) = k.payment() {
-        let f = p.facts();
-        let member = index().relocate(p.member, f, db, key);
-        p.member = member;
+    if event == "move_to" || event == "copy_to" {
+        let source = SOURCE_DB.swap(-1, Ordering::Relaxed);
+        if source >= 0 && source != selected_db(ctx) {
+            rm!(RedisModule_SelectDb(ctx.ctx, source));
+        }
     }
 }
 

@@ -41,6 +41,8 @@ pub struct Opts {
     pub module_args: Vec<String>,
     /// `--name value` pairs.
     pub config: Vec<(String, String)>,
+    /// Start the server without the module (to load it at run time).
+    pub skip_module: bool,
 }
 
 impl Opts {
@@ -50,6 +52,11 @@ impl Opts {
 
     pub fn config(mut self, name: &str, value: &str) -> Opts {
         self.config.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn without_module(mut self) -> Opts {
+        self.skip_module = true;
         self
     }
 
@@ -111,8 +118,10 @@ impl Server {
             for (k, v) in &self.opts.config {
                 cmd.arg(format!("--{k}")).arg(v);
             }
-            cmd.arg("--loadmodule").arg(module_path());
-            cmd.args(&self.opts.module_args);
+            if !self.opts.skip_module {
+                cmd.arg("--loadmodule").arg(module_path());
+                cmd.args(&self.opts.module_args);
+            }
             cmd.current_dir(self.dir.path())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -423,4 +432,66 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 /// DEBUG DIGEST: one hash of the whole data set.
 pub fn digest(c: &mut Connection) -> String {
     redis::cmd("DEBUG").arg("DIGEST").query(c).unwrap()
+}
+
+/// How far a key's expiry may differ between two servers holding the same
+/// record: 0 where the server has RedisModule_SetAbsExpire (Redis 7.2+,
+/// Valkey), 1 ms on Redis 7.0, where the module can only set it relative to
+/// the local clock.
+pub fn expire_tolerance_ms(c: &mut Connection) -> i64 {
+    let info: String = redis::cmd("INFO").arg("server").query(c).unwrap();
+    if info.contains("valkey_version:") {
+        return 0;
+    }
+    let version = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .unwrap_or("0.0.0")
+        .trim()
+        .to_string();
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if (major, minor) >= (7, 2) {
+        0
+    } else {
+        1
+    }
+}
+
+/// One record as stored: its fields and its absolute expiry.
+pub type Stored = (BTreeMap<String, String>, i64);
+
+/// Every payment in the given databases, by (db, key).
+pub fn snapshot(c: &mut Connection, dbs: &[i64]) -> BTreeMap<(i64, String), Stored> {
+    let mut out = BTreeMap::new();
+    for &db in dbs {
+        select(c, db);
+        for key in all_keys(c) {
+            if let Some(r) = check(c, &key) {
+                let at: i64 = redis::cmd("PEXPIRETIME").arg(&key).query(c).unwrap();
+                out.insert((db, key), (r, at));
+            }
+        }
+    }
+    select(c, 0);
+    out
+}
+
+/// Two snapshots hold the same records, with expiries within `tolerance` ms.
+pub fn assert_same_records(
+    a: &BTreeMap<(i64, String), Stored>,
+    b: &BTreeMap<(i64, String), Stored>,
+    tolerance: i64,
+) {
+    let keys_a: Vec<_> = a.keys().collect();
+    let keys_b: Vec<_> = b.keys().collect();
+    assert_eq!(keys_a, keys_b, "different keys");
+    for (k, (rec_a, at_a)) in a {
+        let (rec_b, at_b) = &b[k];
+        assert_eq!(rec_a, rec_b, "record {k:?}");
+        assert!(
+            (at_a - at_b).abs() <= tolerance,
+            "expiry of {k:?}: {at_a} vs {at_b}"
+        );
+    }
 }

@@ -1,0 +1,38 @@
+# redis-pay: `make help` lists the targets.
+
+MODULE := target/release/libredis_pay.so
+VALKEY := target/valkey/bin/valkey-server
+PORT ?= 6379
+
+.DEFAULT_GOAL := help
+.PHONY: help deps build test test-unit test-redis test-valkey lint fmt run bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+deps: ## Install redis-server, libclang and Valkey when missing (Debian)
+	@scripts/install-deps.sh
+
+build: deps ## Build the module (release)
+	cargo build --release
+
+test: build ## Unit tests, then the integration suite on Redis 7.0 and on Valkey 8.1
+	cargo test --lib
+	PAY_SERVER=redis-server cargo test --test '*'
+	PAY_SERVER=$(CURDIR)/$(VALKEY) cargo test --test '*'
+
+lint: ## cargo fmt --check and clippy with warnings as errors
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+
+fmt: ## Format the code
+	cargo fmt
+
+run: build ## redis-server with the module on 127.0.0.1:$(PORT), in the foreground
+	redis-server --port $(PORT) --bind 127.0.0.1 --save "" --loadmodule $(CURDIR)/$(MODULE)
+
+bench: build ## PAY.CACHE against SET NX EX on the same server (redis-benchmark)
+	scripts/bench.sh
+
+clean: ## Remove build output
+	cargo clean
