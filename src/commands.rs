@@ -11,7 +11,7 @@ use crate::config;
 use crate::error::PayError;
 use crate::record::{Applied, Record};
 use crate::stats;
-use crate::store::{self, index, now_ms, rm, selected_db, PayKey, Payment};
+use crate::store::{self, index, now_ms, publish, rm, selected_db, PayKey, Payment};
 
 /// Every error reply goes through here, so INFO counts them.
 fn fail(e: PayError) -> RedisError {
@@ -26,34 +26,6 @@ fn argv(args: &[RedisString]) -> Vec<&[u8]> {
 
 fn key_arg(args: &[RedisString]) -> Result<&RedisString, RedisError> {
     args.get(1).ok_or_else(|| fail(PayError::Arity("PAY")))
-}
-
-/// Write's companions: replicate the exact record the primary chose (with its
-/// absolute expiry, if it was set now) and announce the change.
-fn publish(ctx: &Context, key: &RedisString, rec: &Record, expire_at: Option<i64>, event: &str) {
-    let blob = codec::encode(rec);
-    let (ptr, len) = (blob.as_ptr().cast::<c_char>(), blob.len());
-    match expire_at {
-        Some(at) => rm!(RedisModule_Replicate(
-            ctx.ctx,
-            c"PAY.LOAD".as_ptr(),
-            c"sbcl".as_ptr(),
-            key.inner,
-            ptr,
-            len,
-            c"PXAT".as_ptr(),
-            at,
-        )),
-        None => rm!(RedisModule_Replicate(
-            ctx.ctx,
-            c"PAY.LOAD".as_ptr(),
-            c"sb".as_ptr(),
-            key.inner,
-            ptr,
-            len,
-        )),
-    };
-    ctx.notify_keyspace_event(NotifyEvent::MODULE, event, key);
 }
 
 /// `PAY.CACHE key user_id amount currency [TTL seconds]`
@@ -133,29 +105,41 @@ pub fn update(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 }
 
 /// `PAY.STUCK [OLDER ms] [COUNT n] [CLAIM consumer LEASE ms]`
+///
+/// Walks the pending index oldest first. With CLAIM, records under a live
+/// lease are skipped (in memory, without opening their keys) and each record
+/// returned is leased to the consumer, with one more attempt counted, in the
+/// same atomic step.
 pub fn stuck(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let argv = argv(&args);
     let a: StuckArgs = args::parse_stuck(&argv).map_err(fail)?;
-    if a.claim.is_some() {
-        return Err(fail(PayError::arg(
-            "CLAIM is not available in this version",
-        )));
-    }
     let older = a.older_ms.unwrap_or_else(|| config::STALE_AFTER_MS.get());
-    let cutoff = now_ms().saturating_sub(older);
+    let now = now_ms();
+    let cutoff = now.saturating_sub(older);
+    let free_at = a.claim.as_ref().map(|_| now);
     let db = selected_db(ctx);
     raw::reply_with_array(ctx.ctx, raw::REDISMODULE_POSTPONED_LEN as c_long);
     let mut sent = 0usize;
     let mut after = None;
     while sent < a.count {
-        let page = index().pending_page(db, cutoff, after, a.count - sent);
+        let page = index().pending_page(db, cutoff, after, a.count - sent, free_at);
         let Some(last) = page.last() else { break };
         after = Some(last.position());
         for entry in &page {
             let name = RedisString::create_from_slice(ctx.ctx, &entry.key);
-            let key = PayKey::open(ctx, &name, false);
+            let key = PayKey::open(ctx, &name, a.claim.is_some());
             match key.payment() {
                 Ok(Some(p)) if p.member.id == entry.id && !p.rec.status.is_terminal() => {
+                    if let Some(claim) = &a.claim {
+                        let before = p.facts();
+                        if p.rec.lease.is_some() {
+                            stats::LEASES_EXPIRED.incr();
+                        }
+                        p.rec.claim(claim.consumer, now, claim.lease_ms);
+                        index().change(p.member, before, p.facts(), &entry.key);
+                        publish(ctx, &name, &p.rec, None, "pay.claim");
+                        stats::CLAIMS.incr();
+                    }
                     reply_record(ctx, &entry.key, &p.rec, None);
                     sent += 1;
                 }

@@ -42,6 +42,9 @@ pub static SWEEP_INTERVAL_MS: Tunable = Tunable::new("sweep-interval-ms", 1000, 
 /// Seconds a record lives when PAY.CACHE gives no TTL.
 pub static DEFAULT_TTL: Tunable = Tunable::new("default-ttl", 86_400, 1, MAX_TTL_SECS);
 
+/// Most payments one sweeper tick flags: bounds the event-loop stall.
+pub const SWEEP_BATCH: usize = 500;
+
 pub static TUNABLES: [&Tunable; 4] = [
     &STALE_AFTER_MS,
     &ALERT_AFTER_MS,

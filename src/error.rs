@@ -18,8 +18,6 @@ pub enum PayError {
     NoPayment,
     /// The key holds another kind of value.
     WrongType,
-    /// A write that only a primary may do was asked of a replica.
-    ReadOnly(&'static str),
 }
 
 impl PayError {
@@ -45,7 +43,6 @@ impl fmt::Display for PayError {
                 f,
                 "WRONGTYPE Operation against a key holding the wrong kind of value"
             ),
-            PayError::ReadOnly(what) => write!(f, "READONLY {what} is not allowed on a replica"),
         }
     }
 }

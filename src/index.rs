@@ -27,6 +27,8 @@ pub struct Facts {
     pub created_at: i64,
     pub status: Status,
     pub stale: bool,
+    /// When the record's lease runs out (Unix ms); 0: no lease.
+    pub lease_until: i64,
 }
 
 /// A pending payment as listed by [`Index::pending_page`].
@@ -45,18 +47,34 @@ impl Pending {
 
 type Age = (i64, u64);
 
+/// An index entry: where the pending record lives, and until when it is leased.
+#[derive(Clone, Debug)]
+struct Entry {
+    key: Box<[u8]>,
+    lease_until: i64,
+}
+
+impl Entry {
+    fn new(key: &[u8], f: Facts) -> Entry {
+        Entry {
+            key: key.into(),
+            lease_until: f.lease_until,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Slot {
     gen: u32,
     /// Pending and not yet flagged stale.
-    fresh: BTreeMap<Age, Box<[u8]>>,
+    fresh: BTreeMap<Age, Entry>,
     /// Pending and flagged stale.
-    stale: BTreeMap<Age, Box<[u8]>>,
+    stale: BTreeMap<Age, Entry>,
     counts: [u64; 3],
 }
 
 impl Slot {
-    fn map(&mut self, stale: bool) -> &mut BTreeMap<Age, Box<[u8]>> {
+    fn map(&mut self, stale: bool) -> &mut BTreeMap<Age, Entry> {
         if stale {
             &mut self.stale
         } else {
@@ -122,7 +140,8 @@ impl Index {
         let s = &mut self.slots[slot];
         s.counts[f.status as usize] += 1;
         if f.status == Status::Pending {
-            s.map(f.stale).insert((f.created_at, id), key.into());
+            s.map(f.stale)
+                .insert((f.created_at, id), Entry::new(key, f));
         }
         Member {
             slot: slot as u32,
@@ -137,7 +156,7 @@ impl Index {
         let s = self.live_slot(m)?;
         s.counts[f.status as usize] = s.counts[f.status as usize].saturating_sub(1);
         if f.status == Status::Pending {
-            s.map(f.stale).remove(&(f.created_at, m.id))
+            s.map(f.stale).remove(&(f.created_at, m.id)).map(|e| e.key)
         } else {
             None
         }
@@ -152,7 +171,8 @@ impl Index {
             s.map(old.stale).remove(&(old.created_at, m.id));
         }
         if new.status == Status::Pending {
-            s.map(new.stale).insert((new.created_at, m.id), key.into());
+            s.map(new.stale)
+                .insert((new.created_at, m.id), Entry::new(key, new));
         }
     }
 
@@ -165,7 +185,7 @@ impl Index {
             .live_slot(m)
             .and_then(|s| s.map(f.stale).get_mut(&(f.created_at, m.id)))
         {
-            *entry = key.into();
+            entry.key = key.into();
         }
     }
 
@@ -181,7 +201,8 @@ impl Index {
         let s = &mut self.slots[slot];
         s.counts[f.status as usize] += 1;
         if f.status == Status::Pending {
-            s.map(f.stale).insert((f.created_at, m.id), key.into());
+            s.map(f.stale)
+                .insert((f.created_at, m.id), Entry::new(key, f));
         }
         Member {
             slot: slot as u32,
@@ -216,13 +237,15 @@ impl Index {
     }
 
     /// Pending records of `db` created at or before `cutoff`, oldest first,
-    /// strictly after position `after`, at most `limit` of them.
+    /// strictly after position `after`, at most `limit` of them. With
+    /// `free_at`, records under a lease still live at that time are skipped.
     pub fn pending_page(
         &mut self,
         db: i32,
         cutoff: i64,
         after: Option<(i64, u64)>,
         limit: usize,
+        free_at: Option<i64>,
     ) -> Vec<Pending> {
         let slot = self.slot_of(db);
         let s = &self.slots[slot];
@@ -242,14 +265,39 @@ impl Index {
                 (None, Some(_)) => stale.next(),
                 (None, None) => None,
             };
-            let Some((&(created_at, id), key)) = next else {
+            let Some((&(created_at, id), entry)) = next else {
                 break;
             };
+            if free_at.is_some_and(|now| entry.lease_until > now) {
+                continue;
+            }
             out.push(Pending {
                 created_at,
                 id,
-                key: key.clone(),
+                key: entry.key.clone(),
             });
+        }
+        out
+    }
+
+    /// Pending records not yet flagged stale and created at or before
+    /// `cutoff`, over every database, oldest first within each: the sweep's
+    /// next batch, as (database, record).
+    pub fn stale_candidates(&self, cutoff: i64, limit: usize) -> Vec<(i32, Pending)> {
+        let mut out = Vec::new();
+        for (db, &slot) in self.db_slot.iter().enumerate() {
+            let fresh = &self.slots[slot as usize].fresh;
+            for (&(created_at, id), entry) in fresh.range(..=(cutoff, u64::MAX)) {
+                if out.len() >= limit {
+                    return out;
+                }
+                let pending = Pending {
+                    created_at,
+                    id,
+                    key: entry.key.clone(),
+                };
+                out.push((db as i32, pending));
+            }
         }
         out
     }
@@ -287,11 +335,12 @@ mod tests {
             created_at,
             status: Status::Pending,
             stale: false,
+            lease_until: 0,
         }
     }
 
     fn keys(ix: &mut Index, db: i32) -> Vec<String> {
-        ix.pending_page(db, i64::MAX, None, usize::MAX)
+        ix.pending_page(db, i64::MAX, None, usize::MAX, None)
             .into_iter()
             .map(|p| String::from_utf8(p.key.into()).unwrap())
             .collect()
@@ -305,12 +354,12 @@ mod tests {
         ix.admit(0, b"b", pending(20));
         ix.admit(0, b"b2", pending(20));
         assert_eq!(keys(&mut ix, 0), ["a", "b", "b2", "c"]);
-        let page = ix.pending_page(0, 20, None, 2);
+        let page = ix.pending_page(0, 20, None, 2, None);
         assert_eq!(page.len(), 2);
-        let rest = ix.pending_page(0, 20, Some(page[1].position()), 10);
+        let rest = ix.pending_page(0, 20, Some(page[1].position()), 10, None);
         assert_eq!(rest.len(), 1);
         assert_eq!(&*rest[0].key, b"b2");
-        assert!(ix.pending_page(0, 9, None, 10).is_empty());
+        assert!(ix.pending_page(0, 9, None, 10, None).is_empty());
         assert!(keys(&mut ix, 1).is_empty());
     }
 
@@ -412,5 +461,53 @@ mod tests {
         assert_eq!(ix.release(fresh, pending(1)), None);
         ix.admit(1, b"d", pending(2));
         assert_eq!(ix.totals().pending, 1);
+    }
+
+    #[test]
+    fn claim_pages_skip_live_leases() {
+        let mut ix = Index::new();
+        let m = ix.admit(0, b"leased", pending(1));
+        ix.admit(0, b"free", pending(2));
+        let leased = Facts {
+            lease_until: 100,
+            ..pending(1)
+        };
+        ix.change(m, pending(1), leased, b"leased");
+        let keys = |ix: &mut Index, at| -> Vec<Box<[u8]>> {
+            ix.pending_page(0, i64::MAX, None, 10, at)
+                .into_iter()
+                .map(|p| p.key)
+                .collect()
+        };
+        assert_eq!(keys(&mut ix, Some(50)), [Box::from(&b"free"[..])]);
+        assert_eq!(
+            keys(&mut ix, Some(100)).len(),
+            2,
+            "a lease runs out at its deadline"
+        );
+        assert_eq!(keys(&mut ix, None).len(), 2, "listing shows leased records");
+    }
+
+    #[test]
+    fn stale_candidates_span_databases_and_skip_flagged() {
+        let mut ix = Index::new();
+        ix.admit(0, b"a", pending(5));
+        ix.admit(2, b"b", pending(1));
+        ix.admit(
+            2,
+            b"c",
+            Facts {
+                stale: true,
+                ..pending(1)
+            },
+        );
+        ix.admit(2, b"young", pending(50));
+        let got: Vec<(i32, Box<[u8]>)> = ix
+            .stale_candidates(10, 10)
+            .into_iter()
+            .map(|(db, p)| (db, p.key))
+            .collect();
+        assert_eq!(got, [(0, Box::from(&b"a"[..])), (2, Box::from(&b"b"[..]))]);
+        assert_eq!(ix.stale_candidates(10, 1).len(), 1);
     }
 }

@@ -14,6 +14,7 @@ pub mod index;
 pub mod record;
 mod stats;
 mod store;
+mod sweep;
 
 use redis_module::configuration::{register_i64_configuration, ConfigurationFlags};
 use redis_module::{
@@ -94,7 +95,9 @@ fn setup(ctx: &Context, args: &[RedisString]) -> Result<(), String> {
     if loaded != Some(raw::REDISMODULE_OK as i32) {
         return Err("a pay.* configuration value was rejected".into());
     }
-    store::subscribe_server_events(ctx)
+    store::subscribe_server_events(ctx)?;
+    sweep::start(ctx);
+    Ok(())
 }
 
 /// INFO pay: records by status (every database), then the counters.
@@ -129,7 +132,7 @@ redis_module! {
         ["PAY.CACHE", pay_cache, "write deny-oom fast", 1, 1, 1, ""],
         ["PAY.CHECK", pay_check, "readonly fast", 1, 1, 1, ""],
         ["PAY.UPDATE", pay_update, "write fast", 1, 1, 1, ""],
-        ["PAY.STUCK", pay_stuck, "readonly", 0, 0, 0, ""],
+        ["PAY.STUCK", pay_stuck, "write", 0, 0, 0, ""],
         ["PAY.LOAD", pay_load, "write deny-oom", 1, 1, 1, ""],
     ],
     event_handlers: [

@@ -158,6 +158,16 @@ impl Record {
         }
     }
 
+    /// Leases the record to `consumer` for `lease_ms` from `now`, counting an
+    /// attempt. The caller has checked that no live lease is held.
+    pub fn claim(&mut self, consumer: &str, now: i64, lease_ms: i64) {
+        self.lease = Some(Box::new(Lease {
+            owner: consumer.into(),
+            until: now.saturating_add(lease_ms),
+        }));
+        self.attempts = self.attempts.saturating_add(1);
+    }
+
     /// Whether a live lease (one that has not run out at `now`) is held.
     pub fn leased_at(&self, now: i64) -> bool {
         self.lease.as_ref().is_some_and(|l| l.until > now)
@@ -360,6 +370,19 @@ mod tests {
         };
         r.apply(&upd, r.created_at - 5000).unwrap();
         assert_eq!(r.updated_at, r.created_at);
+    }
+
+    #[test]
+    fn claim_leases_and_counts_an_attempt() {
+        let mut r = pending();
+        let t = r.created_at;
+        r.claim("w1", t, 1000);
+        assert_eq!(r.attempts, 1);
+        assert!(r.leased_at(t + 999));
+        assert!(!r.leased_at(t + 1000));
+        r.claim("w2", t + 1000, 1000);
+        assert_eq!(r.attempts, 2);
+        assert_eq!(&*r.lease.as_ref().unwrap().owner, "w2");
     }
 
     #[test]

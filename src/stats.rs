@@ -20,6 +20,16 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// For gauges: the latest value.
+    pub fn set(&self, n: u64) {
+        self.0.store(n, Ordering::Relaxed);
+    }
+
+    /// For high-water marks.
+    pub fn raise(&self, n: u64) {
+        self.0.fetch_max(n, Ordering::Relaxed);
+    }
 }
 
 /// PAY.CACHE calls that created a payment.
@@ -38,7 +48,21 @@ pub static LOADS: Counter = Counter::new();
 /// unless the index has a bug: tests assert it.
 pub static INDEX_MISSES: Counter = Counter::new();
 
-pub static COUNTERS: [(&str, &Counter); 7] = [
+/// Payments the sweeper flagged stale.
+pub static FLAGGED: Counter = Counter::new();
+/// Sweeper ticks run (on a primary).
+pub static SWEEPS: Counter = Counter::new();
+/// Duration of the last and of the longest sweep tick, in microseconds.
+pub static SWEEP_LAST_US: Counter = Counter::new();
+pub static SWEEP_MAX_US: Counter = Counter::new();
+/// Most payments one tick handled: never above the sweep budget.
+pub static SWEEP_MAX_BATCH: Counter = Counter::new();
+/// Leases handed out by PAY.STUCK ... CLAIM.
+pub static CLAIMS: Counter = Counter::new();
+/// Claims that took over a record whose previous lease had run out.
+pub static LEASES_EXPIRED: Counter = Counter::new();
+
+pub static COUNTERS: [(&str, &Counter); 14] = [
     ("created", &CREATED),
     ("duplicates", &DUPLICATES),
     ("mismatches", &MISMATCHES),
@@ -46,4 +70,11 @@ pub static COUNTERS: [(&str, &Counter); 7] = [
     ("errors", &ERRORS),
     ("loads", &LOADS),
     ("index_misses", &INDEX_MISSES),
+    ("flagged", &FLAGGED),
+    ("sweeps", &SWEEPS),
+    ("sweep_last_us", &SWEEP_LAST_US),
+    ("sweep_max_us", &SWEEP_MAX_US),
+    ("sweep_max_batch", &SWEEP_MAX_BATCH),
+    ("claims", &CLAIMS),
+    ("leases_expired", &LEASES_EXPIRED),
 ];

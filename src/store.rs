@@ -45,6 +45,7 @@ pub fn facts(r: &Record) -> Facts {
         created_at: r.created_at,
         status: r.status,
         stale: r.stale,
+        lease_until: r.lease.as_ref().map_or(0, |l| l.until),
     }
 }
 
@@ -122,6 +123,9 @@ pub fn check_api() -> Result<(), String> {
         RedisModule_GetToDbIdFromOptCtx,
         RedisModule_GetDbIdFromOptCtx,
         RedisModule_SelectDb,
+        RedisModule_PublishMessage,
+        RedisModule_CreateTimer,
+        RedisModule_StopTimer,
         RedisModule_EmitAOF,
         RedisModule_Replicate,
         RedisModule_ReplicateVerbatim,
@@ -317,7 +321,7 @@ pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[
     }
 }
 
-/// Subscribes to FLUSHDB/FLUSHALL and SWAPDB.
+/// Subscribes to FLUSHDB/FLUSHALL, SWAPDB and replication role changes.
 pub fn subscribe_server_events(ctx: &Context) -> Result<(), String> {
     for (id, callback) in [
         (
@@ -325,6 +329,10 @@ pub fn subscribe_server_events(ctx: &Context) -> Result<(), String> {
             on_flush as unsafe extern "C" fn(_, _, _, _),
         ),
         (raw::REDISMODULE_EVENT_SWAPDB, on_swapdb),
+        (
+            raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED,
+            on_role_change,
+        ),
     ] {
         let event = raw::RedisModuleEvent { id, dataver: 1 };
         if rm!(RedisModule_SubscribeToServerEvent(
@@ -353,6 +361,20 @@ unsafe extern "C" fn on_flush(
     index().flush(info.dbnum);
 }
 
+unsafe extern "C" fn on_role_change(
+    ctx: *mut raw::RedisModuleCtx,
+    _eid: raw::RedisModuleEvent,
+    subevent: u64,
+    _data: *mut c_void,
+) {
+    let ctx = Context::new(ctx);
+    if subevent == raw::REDISMODULE_EVENT_REPLROLECHANGED_NOW_MASTER {
+        crate::sweep::start(&ctx);
+    } else {
+        crate::sweep::stop(&ctx);
+    }
+}
+
 unsafe extern "C" fn on_swapdb(
     _ctx: *mut raw::RedisModuleCtx,
     _eid: raw::RedisModuleEvent,
@@ -365,6 +387,40 @@ unsafe extern "C" fn on_swapdb(
     // SAFETY: Redis passes a RedisModuleSwapDbInfo with this event.
     let info = unsafe { &*data.cast::<raw::RedisModuleSwapDbInfoV1>() };
     index().swap_db(info.dbnum_first, info.dbnum_second);
+}
+
+/// Every write's companions: replicate the exact record the primary chose
+/// (with its absolute expiry, when it was set now) and announce the change.
+pub fn publish(
+    ctx: &Context,
+    key: &RedisString,
+    rec: &Record,
+    expire_at: Option<i64>,
+    event: &str,
+) {
+    let blob = codec::encode(rec);
+    let (ptr, len) = (blob.as_ptr().cast::<c_char>(), blob.len());
+    match expire_at {
+        Some(at) => rm!(RedisModule_Replicate(
+            ctx.ctx,
+            c"PAY.LOAD".as_ptr(),
+            c"sbcl".as_ptr(),
+            key.inner,
+            ptr,
+            len,
+            c"PXAT".as_ptr(),
+            at,
+        )),
+        None => rm!(RedisModule_Replicate(
+            ctx.ctx,
+            c"PAY.LOAD".as_ptr(),
+            c"sb".as_ptr(),
+            key.inner,
+            ptr,
+            len,
+        )),
+    };
+    ctx.notify_keyspace_event(NotifyEvent::MODULE, event, key);
 }
 
 /// An open key, seen as a payment slot. Closed on drop.
