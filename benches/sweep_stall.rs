@@ -1,0 +1,158 @@
+//! Event-loop stall during a mass-staleness sweep, seen from outside: a
+//! client times PINGs while 100,000 pending payments go stale at once, next
+//! to the same server's stall while a client SCANs the keyspace (COUNT 1000
+//! per call, as a cron job would) and while one `SCAN 0 COUNT <all>` runs.
+//!
+//! `cargo bench --bench sweep_stall` (after `make build`). Ratios matter; the
+//! machine is small and noisy.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const N: usize = 100_000;
+
+/// Times PINGs on their own connection until stopped; returns the worst and
+/// the 99th percentile round trip.
+struct Pinger {
+    stop: Arc<AtomicBool>,
+    handle: thread::JoinHandle<Vec<Duration>>,
+}
+
+impl Pinger {
+    fn start(s: &Server) -> Pinger {
+        let mut c = s.conn();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let _: String = redis::cmd("PING").query(&mut c).unwrap();
+                samples.push(t.elapsed());
+            }
+            samples
+        });
+        Pinger { stop, handle }
+    }
+
+    fn finish(self) -> (Duration, Duration, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut samples = self.handle.join().unwrap();
+        samples.sort();
+        let n = samples.len();
+        let p99 = samples[(n * 99 / 100).min(n - 1)];
+        (samples[n - 1], p99, n)
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn main() {
+    let s = Server::with(
+        Opts::new()
+            .module_arg("stale-after-ms")
+            .module_arg("3600000")
+            .module_arg("sweep-interval-ms")
+            .module_arg("100"),
+    );
+    let mut c = s.conn();
+    let mut pipe = redis::pipe();
+    for i in 0..N {
+        pipe.cmd("PAY.CACHE")
+            .arg(format!("txn:{i}"))
+            .arg(67890)
+            .arg(1000)
+            .arg("USD")
+            .ignore();
+        if (i + 1) % 10_000 == 0 {
+            let _: () = pipe.query(&mut c).unwrap();
+            pipe = redis::pipe();
+        }
+    }
+    thread::sleep(Duration::from_millis(20));
+
+    // 1. Mass staleness: every pending payment goes stale at once.
+    let pinger = Pinger::start(&s);
+    thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("pay.stale-after-ms")
+        .arg(1)
+        .query(&mut c)
+        .unwrap();
+    while info_field(&mut c, "flagged") < N as i64 {
+        thread::sleep(Duration::from_millis(5));
+    }
+    let flag_all = t.elapsed();
+    thread::sleep(Duration::from_millis(200));
+    let (sweep_max, sweep_p99, sweep_n) = pinger.finish();
+    let tick_max_us = info_field(&mut c, "sweep_max_us");
+    let batch = info_field(&mut c, "sweep_max_batch");
+
+    // 2. The same keyspace walked by SCAN, COUNT 1000 per call.
+    let pinger = Pinger::start(&s);
+    thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    let keys = all_keys(&mut c).len();
+    let scan_all = t.elapsed();
+    thread::sleep(Duration::from_millis(200));
+    let (scan_max, scan_p99, scan_n) = pinger.finish();
+
+    // 3. One SCAN call over the whole keyspace (what KEYS costs).
+    let pinger = Pinger::start(&s);
+    thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    let _: (u64, Vec<String>) = redis::cmd("SCAN")
+        .arg(0)
+        .arg("COUNT")
+        .arg(N * 2)
+        .query(&mut c)
+        .unwrap();
+    let one_scan = t.elapsed();
+    thread::sleep(Duration::from_millis(200));
+    let (one_max, one_p99, one_n) = pinger.finish();
+
+    println!(
+        "server: {}, {N} pending payments, {keys} keys",
+        server_bin()
+    );
+    println!("| scenario | longest PING (ms) | p99 PING (ms) | PINGs | duration (ms) |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    println!(
+        "| sweep flags {N} stale payments | {:.2} | {:.3} | {sweep_n} | {:.0} (time to flag all) |",
+        ms(sweep_max),
+        ms(sweep_p99),
+        ms(flag_all)
+    );
+    println!(
+        "| SCAN pass, COUNT 1000 per call | {:.2} | {:.3} | {scan_n} | {:.0} |",
+        ms(scan_max),
+        ms(scan_p99),
+        ms(scan_all)
+    );
+    println!(
+        "| one SCAN 0 COUNT {} | {:.2} | {:.3} | {one_n} | {:.0} |",
+        N * 2,
+        ms(one_max),
+        ms(one_p99),
+        ms(one_scan)
+    );
+    println!(
+        "longest sweep tick inside the server: {:.2} ms; most payments in one tick: {batch}",
+        tick_max_us as f64 / 1000.0
+    );
+    println!(
+        "ratio longest stall sweep / SCAN pass: {:.2}",
+        ms(sweep_max) / ms(scan_max)
+    );
+}
