@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# First throughput figures: PAY.CACHE on new keys against SET key <json> NX EX
-# on the same server in the same run, 50 clients, without and with pipelining
-# (16). Prints requests per second and the ratio. The machine is small and
-# noisy: only the ratio means anything.
+# Throughput figures, each against its baseline on the same server in the same
+# run, 50 clients, without and with pipelining (16):
+#   PAY.CACHE on new keys        vs  SET key <json> NX EX 86400
+#   PAY.CACHE on existing keys   vs  GET (the duplicate path)
+#   PAY.CHECK on existing keys   vs  GET
+# Prints requests per second and the ratio. The machine is small and noisy:
+# only the ratios mean anything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,17 +21,31 @@ for _ in $(seq 100); do redis-cli -p "$PORT" ping >/dev/null 2>&1 && break; slee
 
 JSON='{"transaction_id":"txn_12345","user_id":67890,"status":"pending","amount":1000,"currency":"USD","timestamp":"2024-01-30T12:45:00Z"}'
 
-rps() { # pipeline, command...
-  local pipeline="$1"; shift
-  redis-cli -p "$PORT" flushall >/dev/null
-  redis-benchmark -p "$PORT" -c 50 -n "$REQUESTS" -P "$pipeline" -r 100000000 -q "$@" \
+bench() { # keyspace-size pipeline command...
+  local range="$1" pipeline="$2"; shift 2
+  redis-benchmark -p "$PORT" -c 50 -n "$REQUESTS" -P "$pipeline" -r "$range" -q "$@" \
     | tr '\r' '\n' | grep -Eo '[0-9.]+ requests per second' | tail -1 | cut -d' ' -f1
 }
+ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
+row() { printf '%-34s %4s %12s %12s %7s\n' "$@"; }
 
-printf '%-10s %14s %14s %8s\n' pipeline "SET NX EX/s" "PAY.CACHE/s" ratio
+row comparison pipe "baseline/s" "redis-pay/s" ratio
 for P in 1 16; do
-  set_rps="$(rps "$P" SET "txn:__rand_int__" "$JSON" NX EX 86400)"
-  pay_rps="$(rps "$P" PAY.CACHE "txn:__rand_int__" 67890 1000 USD)"
-  ratio="$(python3 -c "print(f'{$pay_rps / $set_rps:.2f}')")"
-  printf '%-10s %14s %14s %8s\n' "$P" "$set_rps" "$pay_rps" "$ratio"
+  redis-cli -p "$PORT" flushall >/dev/null
+  base="$(bench 100000000 "$P" SET "txn:__rand_int__" "$JSON" NX EX 86400)"
+  redis-cli -p "$PORT" flushall >/dev/null
+  pay="$(bench 100000000 "$P" PAY.CACHE "txn:__rand_int__" 67890 1000 USD)"
+  row "PAY.CACHE new vs SET NX EX" "$P" "$base" "$pay" "$(ratio "$pay" "$base")"
+done
+
+# A fixed keyspace of 10,000 payments (and as many JSON strings) for reads.
+redis-cli -p "$PORT" flushall >/dev/null
+bench 10000 16 PAY.CACHE "txn:__rand_int__" 67890 1000 USD >/dev/null
+bench 10000 16 SET "txn:__rand_int__:json" "$JSON" >/dev/null
+for P in 1 16; do
+  base="$(bench 10000 "$P" GET "txn:__rand_int__:json")"
+  dup="$(bench 10000 "$P" PAY.CACHE "txn:__rand_int__" 67890 1000 USD)"
+  check="$(bench 10000 "$P" PAY.CHECK "txn:__rand_int__")"
+  row "PAY.CACHE duplicate vs GET" "$P" "$base" "$dup" "$(ratio "$dup" "$base")"
+  row "PAY.CHECK vs GET" "$P" "$base" "$check" "$(ratio "$check" "$base")"
 done
