@@ -269,3 +269,141 @@ fn limits_themselves_are_accepted() {
         .unwrap();
     assert_eq!(record(&v)["amount"], "0");
 }
+
+/// One command that is invalid by construction: a valid-looking PAY.*
+/// command with one deliberate defect, surrounded by random bytes.
+fn hostile(rng: &mut fastrand::Rng) -> Vec<Vec<u8>> {
+    let junk = |rng: &mut fastrand::Rng| -> Vec<u8> {
+        let len = match rng.u8(..10) {
+            0 => rng.usize(1000..70_000),
+            1..=3 => 0,
+            _ => rng.usize(1..40),
+        };
+        (0..len).map(|_| rng.u8(..)).collect()
+    };
+    let key = |rng: &mut fastrand::Rng| format!("k{}", rng.u8(..20)).into_bytes();
+    let s = |v: &str| v.as_bytes().to_vec();
+    // Whether one more argument could repair the defect (then none is added).
+    let mut open_ended = false;
+    let mut cmd: Vec<Vec<u8>> = match rng.u8(..5) {
+        0 => {
+            let mut c = vec![s("PAY.CACHE"), key(rng), s("u1"), s("100"), s("USD")];
+            match rng.u8(..7) {
+                0 => c.truncate(rng.usize(1..4)),
+                1 => {
+                    c[3] = [
+                        &b"-1"[..],
+                        b"1.5",
+                        b"",
+                        b"1e9",
+                        b"01",
+                        b"99999999999999999999",
+                    ][rng.usize(..6)]
+                    .to_vec()
+                }
+                2 => c[4] = [&b"US"[..], b"U$D", b"USDX", b"\xff\xfe\xfd"][rng.usize(..4)].to_vec(),
+                3 => c[1] = [vec![b'k'; 256], vec![], vec![0xff, 0x00]][rng.usize(..3)].clone(),
+                4 => c[2] = [vec![b'u'; 129], vec![], b"a\x01".to_vec()][rng.usize(..3)].clone(),
+                5 => c.extend([
+                    s("TTL"),
+                    [&b"0"[..], b"-3", b"x", b""][rng.usize(..4)].to_vec(),
+                ]),
+                _ => c.push(s("NOSUCHOPT")),
+            }
+            c
+        }
+        1 => {
+            let mut c = vec![s("PAY.CHECK"), key(rng)];
+            match rng.u8(..3) {
+                0 => {
+                    c.truncate(1);
+                    open_ended = true;
+                }
+                1 => c.push(s("YAML")),
+                _ => c[1] = vec![b'k'; 300],
+            }
+            c
+        }
+        2 => {
+            let mut c = vec![s("PAY.UPDATE"), key(rng), s("failed")];
+            match rng.u8(..4) {
+                0 => c.truncate(rng.usize(1..3)),
+                1 => c[2] = s("refunded"),
+                2 => {
+                    c.push(s("REASON"));
+                    open_ended = true;
+                }
+                _ => c.extend([s("REF"), vec![]]),
+            }
+            c
+        }
+        3 => {
+            let mut c = vec![s("PAY.STUCK")];
+            match rng.u8(..4) {
+                0 => c.extend([
+                    s("COUNT"),
+                    [&b"0"[..], b"-1", b"x", b"1000001"][rng.usize(..4)].to_vec(),
+                ]),
+                1 => c.extend([s("OLDER"), s("-5")]),
+                2 => c.extend([s("CLAIM"), s("w1")]),
+                _ => c.push(s("SIDEWAYS")),
+            }
+            c
+        }
+        _ => {
+            // Version byte 0 is never valid: the rest is random.
+            let mut blob = vec![0u8];
+            blob.extend(junk(rng));
+            vec![s("PAY.LOAD"), key(rng), blob]
+        }
+    };
+    // A random trailing argument (an unknown option, or one too many).
+    if !open_ended && rng.bool() {
+        let extra = junk(rng);
+        if !extra.is_empty() && extra.len() > 8 {
+            cmd.push(extra);
+        }
+    }
+    cmd
+}
+
+#[test]
+fn a_storm_of_hostile_commands_changes_nothing_and_never_crashes() {
+    const COMMANDS: usize = 100_000;
+    let s = Server::start();
+    let mut c = s.conn();
+    for i in 0..20 {
+        cache(&mut c, &format!("k{i}"), "u1", 100, "USD");
+    }
+    update(&mut c, "k3", "succeeded");
+    let d = digest(&mut c);
+    let mut rng = fastrand::Rng::with_seed(0x9a7_5eed);
+    let mut sent = 0;
+    while sent < COMMANDS {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let batch: Vec<Vec<Vec<u8>>> = (0..1000).map(|_| hostile(&mut rng)).collect();
+        for cmd in &batch {
+            let mut r = redis::cmd(std::str::from_utf8(&cmd[0]).unwrap());
+            for a in &cmd[1..] {
+                r.arg(a.as_slice());
+            }
+            pipe.add_command(r);
+        }
+        let replies: Vec<Value> = pipe.query(&mut c).expect("server alive");
+        for (cmd, reply) in batch.iter().zip(&replies) {
+            let shown: Vec<String> = cmd
+                .iter()
+                .map(|a| String::from_utf8_lossy(&a[..a.len().min(40)]).into())
+                .collect();
+            assert!(
+                matches!(reply, Value::ServerError(_)),
+                "{shown:?} -> {reply:?}"
+            );
+        }
+        sent += batch.len();
+    }
+    assert_eq!(digest(&mut c), d, "the storm changed the data");
+    assert_eq!(info_field(&mut c, "errors"), COMMANDS as i64);
+    assert_index_exact(&mut c, &[0]);
+}
