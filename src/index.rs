@@ -281,12 +281,20 @@ impl Index {
     }
 
     /// Pending records not yet flagged stale and created at or before
-    /// `cutoff`, over every database, oldest first within each: the sweep's
-    /// next batch, as (database, record).
-    pub fn stale_candidates(&self, cutoff: i64, limit: usize) -> Vec<(i32, Pending)> {
+    /// `cutoff`, over every database starting with `first_db` (and wrapping
+    /// round, so a backlog in one database cannot starve the others), oldest
+    /// first within each: the sweep's next batch, as (database, record).
+    pub fn stale_candidates(
+        &self,
+        cutoff: i64,
+        limit: usize,
+        first_db: i32,
+    ) -> Vec<(i32, Pending)> {
         let mut out = Vec::new();
-        for (db, &slot) in self.db_slot.iter().enumerate() {
-            let fresh = &self.slots[slot as usize].fresh;
+        let dbs = self.db_slot.len();
+        let first = usize::try_from(first_db).unwrap_or(0);
+        for db in (0..dbs).map(|i| (first + i) % dbs) {
+            let fresh = &self.slots[self.db_slot[db] as usize].fresh;
             for (&(created_at, id), entry) in fresh.range(..=(cutoff, u64::MAX)) {
                 if out.len() >= limit {
                     return out;
@@ -503,11 +511,18 @@ mod tests {
         );
         ix.admit(2, b"young", pending(50));
         let got: Vec<(i32, Box<[u8]>)> = ix
-            .stale_candidates(10, 10)
+            .stale_candidates(10, 10, 0)
             .into_iter()
             .map(|(db, p)| (db, p.key))
             .collect();
         assert_eq!(got, [(0, Box::from(&b"a"[..])), (2, Box::from(&b"b"[..]))]);
-        assert_eq!(ix.stale_candidates(10, 1).len(), 1);
+        assert_eq!(ix.stale_candidates(10, 1, 0).len(), 1);
+        // Starting elsewhere wraps round.
+        let first: Vec<i32> = ix
+            .stale_candidates(10, 10, 1)
+            .iter()
+            .map(|(db, _)| *db)
+            .collect();
+        assert_eq!(first, [2, 0]);
     }
 }

@@ -9,7 +9,7 @@
 //! at least every [`MAX_TICK_MS`], so `CONFIG SET pay.sweep-interval-ms`
 //! takes effect within that time.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,9 @@ static TIMER: Mutex<Option<raw::RedisModuleTimerID>> = Mutex::new(None);
 /// When the last sweep ran (Unix ms), and whether it left work behind.
 static LAST_SWEEP: AtomicI64 = AtomicI64::new(0);
 static BACKLOG: AtomicBool = AtomicBool::new(false);
+/// The database the next sweep starts from: after a full batch, the one
+/// after the batch's last, so every database gets its turn.
+static NEXT_DB: AtomicI32 = AtomicI32::new(0);
 
 /// The longest the timer sleeps, so a new interval applies promptly.
 pub const MAX_TICK_MS: i64 = 100;
@@ -92,7 +95,8 @@ fn tick(ctx: &Context, _: ()) {
 fn sweep(ctx: &Context) -> bool {
     let started = Instant::now();
     let cutoff = now_ms().saturating_sub(STALE_AFTER_MS.get());
-    let batch = index().stale_candidates(cutoff, SWEEP_BATCH);
+    let first_db = NEXT_DB.load(Ordering::Relaxed);
+    let batch = index().stale_candidates(cutoff, SWEEP_BATCH, first_db);
     let mut flagged = 0u64;
     let mut db = None;
     for (entry_db, entry) in &batch {
@@ -130,5 +134,11 @@ fn sweep(ctx: &Context) -> bool {
     stats::SWEEP_LAST_US.set(micros);
     stats::SWEEP_MAX_US.raise(micros);
     stats::SWEEP_MAX_BATCH.raise(batch.len() as u64);
-    batch.len() >= SWEEP_BATCH
+    let full = batch.len() >= SWEEP_BATCH;
+    let next = match batch.last() {
+        Some((last_db, _)) if full => last_db + 1,
+        _ => 0,
+    };
+    NEXT_DB.store(next, Ordering::Relaxed);
+    full
 }

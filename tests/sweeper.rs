@@ -355,3 +355,28 @@ fn a_mass_of_stale_payments_is_flagged_in_bounded_batches() {
     assert_eq!(info_field(&mut c, "records_stale"), N as i64);
     assert_eq!(info_field(&mut c, "index_misses"), 0);
 }
+
+#[test]
+fn payments_in_every_database_are_flagged() {
+    let s = Server::with(fast_sweeper());
+    let mut c = s.conn();
+    for db in [0, 5, 9] {
+        select(&mut c, db);
+        for i in 0..3 {
+            cache(&mut c, &format!("db{db}-{i}"), "u", 1, "USD");
+        }
+    }
+    select(&mut c, 0);
+    assert!(wait_until(Duration::from_secs(5), || info_field(
+        &mut c,
+        "records_stale"
+    ) == 9));
+    for db in [0, 5, 9] {
+        select(&mut c, db);
+        for i in 0..3 {
+            assert_eq!(check(&mut c, &format!("db{db}-{i}")).unwrap()["stale"], "1");
+        }
+    }
+    select(&mut c, 0);
+    assert_index_exact(&mut c, &[0, 5, 9]);
+}
