@@ -1,0 +1,373 @@
+//! Alerts: payments stuck longer than the alert threshold are posted to
+//! Slack, grouped in one message per round; each is alerted once and repeated
+//! at most every repeat interval while still stuck; a "resolved" message
+//! follows when an alerted payment resolves.
+//!
+//! All alert state lives in Redis, under the hash tag `{pay:alerts}` (one
+//! cluster slot): a sorted set of alerted payments scored by the last alert
+//! time, an outbox list of messages not yet delivered, and a delivery lock.
+//! So a restart or a second sidecar never alerts twice, and messages wait in
+//! the outbox while Slack is down. Delivery runs on its own thread: a Slack
+//! outage never slows the retries.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use log::{info, warn};
+use redis::ConnectionLike;
+
+use crate::metrics::Metrics;
+use crate::store::{self, Record, Topology};
+
+pub const ALERTED: &str = "{pay:alerts}";
+pub const OUTBOX: &str = "{pay:alerts}:outbox";
+pub const LOCK: &str = "{pay:alerts}:lock";
+/// How many payments one message lists; the rest are counted.
+pub const LISTED: usize = 10;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Atomically decides whether a payment is due an alert, and records it:
+/// 1 = first alert, 2 = repeat, 0 = not due.
+const MARK: &str = r"
+local last = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if last and tonumber(ARGV[2]) - tonumber(last) < tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+if last then return 2 end
+return 1
+";
+
+/// Takes or renews the delivery lock for `ARGV[1]`.
+const LOCK_SCRIPT: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
+
+pub struct Alerter {
+    pub alert_after: Duration,
+    pub repeat: Duration,
+}
+
+/// Minor units shown in major units, by ISO 4217 exponent.
+pub fn money(amount: i64, currency: &str) -> String {
+    const ZERO: [&str; 16] = [
+        "BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "VND", "VUV",
+        "XAF", "XOF", "XPF",
+    ];
+    const THREE: [&str; 7] = ["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"];
+    let exp = if ZERO.contains(&currency) {
+        0
+    } else if THREE.contains(&currency) {
+        3
+    } else {
+        2
+    };
+    if exp == 0 {
+        return format!("{amount} {currency}");
+    }
+    let unit = 10i64.pow(exp);
+    format!(
+        "{}.{:0width$} {currency}",
+        amount / unit,
+        amount % unit,
+        width = exp as usize
+    )
+}
+
+fn age(now: i64, created_at: i64) -> String {
+    let secs = u64::try_from((now - created_at) / 1000).unwrap_or(0);
+    humantime::format_duration(Duration::from_secs(secs)).to_string()
+}
+
+fn line(r: &Record, now: i64) -> String {
+    let reason = if r.reason.is_empty() { "-" } else { &r.reason };
+    format!(
+        "• `{}` {} — pending {} — {} attempts — last: {}",
+        r.key,
+        money(r.amount, &r.currency),
+        age(now, r.created_at),
+        r.attempts,
+        reason
+    )
+}
+
+/// The Slack message for this round's stuck payments.
+pub fn stuck_message(first: &[Record], repeat: &[Record], threshold: Duration, now: i64) -> String {
+    let total = first.len() + repeat.len();
+    let mut text = format!(
+        ":rotating_light: {total} payment(s) pending longer than {} ({} new, {} still stuck)",
+        humantime::format_duration(threshold),
+        first.len(),
+        repeat.len()
+    );
+    for r in first.iter().chain(repeat).take(LISTED) {
+        text.push('\n');
+        text.push_str(&line(r, now));
+    }
+    if total > LISTED {
+        text.push_str(&format!("\n… and {} more", total - LISTED));
+    }
+    text
+}
+
+pub fn resolved_message(resolved: &[(String, String)]) -> String {
+    let mut text = format!(":white_check_mark: {} alerted payment(s) resolved", resolved.len());
+    for (key, status) in resolved.iter().take(LISTED) {
+        text.push_str(&format!("\n• `{key}` {status}"));
+    }
+    if resolved.len() > LISTED {
+        text.push_str(&format!("\n… and {} more", resolved.len() - LISTED));
+    }
+    text
+}
+
+fn enqueue(c: &mut dyn ConnectionLike, text: &str) -> redis::RedisResult<()> {
+    let payload = serde_json::json!({ "text": text }).to_string();
+    redis::cmd("RPUSH").arg(OUTBOX).arg(payload).query::<i64>(c)?;
+    Ok(())
+}
+
+impl Alerter {
+    /// One alert round: stuck payments on every primary, then resolutions.
+    pub fn round(&self, topo: &Topology, keyed: &mut dyn ConnectionLike) -> redis::RedisResult<()> {
+        let now = now_ms();
+        let mut stuck = Vec::new();
+        for node in &topo.primaries {
+            let mut c = node.connect()?;
+            stuck.extend(store::stuck(&mut c, self.alert_after, 10_000)?);
+        }
+        let script = redis::Script::new(MARK);
+        let (mut first, mut repeat) = (Vec::new(), Vec::new());
+        for r in stuck {
+            let marked: i64 = script
+                .key(ALERTED)
+                .arg(&r.key)
+                .arg(now)
+                .arg(self.repeat.as_millis() as u64)
+                .invoke(keyed)?;
+            match marked {
+                1 => first.push(r),
+                2 => repeat.push(r),
+                _ => {}
+            }
+        }
+        if !first.is_empty() || !repeat.is_empty() {
+            info!(
+                "alerting: {} newly stuck, {} still stuck",
+                first.len(),
+                repeat.len()
+            );
+            enqueue(keyed, &stuck_message(&first, &repeat, self.alert_after, now))?;
+        }
+        let alerted: Vec<String> = redis::cmd("ZRANGE").arg(ALERTED).arg(0).arg(-1).query(keyed)?;
+        let mut resolved = Vec::new();
+        for key in alerted {
+            let status = match store::check(keyed, &key)? {
+                Some(r) if r.status == "pending" => continue,
+                Some(r) => r.status,
+                None => "gone (expired or deleted)".to_string(),
+            };
+            // Only the sidecar whose ZREM removes it announces it.
+            let removed: i64 = redis::cmd("ZREM").arg(ALERTED).arg(&key).query(keyed)?;
+            if removed == 1 {
+                resolved.push((key, status));
+            }
+        }
+        if !resolved.is_empty() {
+            info!("alerting: {} alerted payments resolved", resolved.len());
+            enqueue(keyed, &resolved_message(&resolved))?;
+        }
+        Ok(())
+    }
+
+    /// An immediate alert for payments the sidecar gave up on.
+    pub fn gave_up(&self, keyed: &mut dyn ConnectionLike, gave_up: &[(Record, String)]) -> redis::RedisResult<()> {
+        if gave_up.is_empty() {
+            return Ok(());
+        }
+        let mut text = format!(":x: {} payment(s) failed after too many attempts", gave_up.len());
+        for (r, reason) in gave_up.iter().take(LISTED) {
+            text.push_str(&format!(
+                "\n• `{}` {} — {reason}",
+                r.key,
+                money(r.amount, &r.currency)
+            ));
+        }
+        if gave_up.len() > LISTED {
+            text.push_str(&format!("\n… and {} more", gave_up.len() - LISTED));
+        }
+        enqueue(keyed, &text)
+    }
+}
+
+/// What a webhook did with one message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivery {
+    Sent,
+    /// 429: try again after this long.
+    RetryAfter(Duration),
+    Failed(String),
+}
+
+/// The seam for Slack: tests may put a fake behind it.
+pub trait Notifier: Send + Sync {
+    fn post(&self, payload: &str) -> Delivery;
+}
+
+/// Slack's incoming webhook. The URL is a secret: it is never logged, and
+/// errors are reported without it.
+pub struct SlackWebhook {
+    url: String,
+    agent: ureq::Agent,
+}
+
+impl SlackWebhook {
+    pub fn new(url: &str, timeout: Duration) -> SlackWebhook {
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        SlackWebhook {
+            url: url.to_string(),
+            agent,
+        }
+    }
+}
+
+impl Notifier for SlackWebhook {
+    fn post(&self, payload: &str) -> Delivery {
+        let result = self
+            .agent
+            .post(&self.url)
+            .header("Content-Type", "application/json")
+            .send(payload);
+        match result {
+            Ok(r) if r.status().is_success() => Delivery::Sent,
+            Ok(r) if r.status().as_u16() == 429 => {
+                let secs = r
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(1);
+                Delivery::RetryAfter(Duration::from_secs(secs))
+            }
+            Ok(r) => Delivery::Failed(format!("Slack answered {}", r.status().as_u16())),
+            Err(ureq::Error::Timeout(_)) => Delivery::Failed("Slack timed out".into()),
+            Err(_) => Delivery::Failed("Slack unreachable".into()),
+        }
+    }
+}
+
+/// Delivers the outbox, oldest first, while holding the delivery lock, until
+/// shutdown. Runs on its own thread.
+pub fn deliver(topo: &Topology, notifier: &dyn Notifier, me: &str, metrics: &Metrics, shutdown: &AtomicBool) {
+    let lock = redis::Script::new(LOCK_SCRIPT);
+    let mut backoff = Duration::from_millis(500);
+    let mut conn: Option<Box<dyn ConnectionLike + Send>> = None;
+    while !shutdown.load(Ordering::Relaxed) {
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match topo.keyed() {
+                Ok(c) => conn.insert(c),
+                Err(e) => {
+                    warn!("alerts: cannot reach Redis: {e}");
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            },
+        };
+        let step = (|| -> redis::RedisResult<Option<Duration>> {
+            let held: i64 = lock.key(LOCK).arg(me).arg(30_000).invoke(c.as_mut())?;
+            if held != 1 {
+                return Ok(Some(Duration::from_secs(1)));
+            }
+            let head: Option<String> = redis::cmd("LINDEX").arg(OUTBOX).arg(0).query(c.as_mut())?;
+            let Some(payload) = head else {
+                return Ok(Some(Duration::from_millis(200)));
+            };
+            match notifier.post(&payload) {
+                Delivery::Sent => {
+                    redis::cmd("LPOP").arg(OUTBOX).query::<Option<String>>(c.as_mut())?;
+                    metrics.alerts_sent.inc();
+                    backoff = Duration::from_millis(500);
+                    Ok(None)
+                }
+                Delivery::RetryAfter(d) => {
+                    warn!("alerts: Slack asked to wait {}s", d.as_secs());
+                    Ok(Some(d.min(Duration::from_secs(60))))
+                }
+                Delivery::Failed(why) => {
+                    warn!("alerts: {why}; retrying in {}ms", backoff.as_millis());
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    Ok(Some(wait))
+                }
+            }
+        })();
+        match step {
+            Ok(None) => {}
+            Ok(Some(wait)) => sleep_unless(shutdown, wait),
+            Err(e) => {
+                warn!("alerts: Redis error: {e}");
+                conn = None;
+                sleep_unless(shutdown, Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Sleeps up to `d`, waking early on shutdown.
+pub fn sleep_unless(shutdown: &AtomicBool, d: Duration) {
+    let deadline = std::time::Instant::now() + d;
+    while !shutdown.load(Ordering::Relaxed) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(100)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_uses_the_currency_exponent() {
+        assert_eq!(money(1000, "USD"), "10.00 USD");
+        assert_eq!(money(5, "EUR"), "0.05 EUR");
+        assert_eq!(money(1000, "JPY"), "1000 JPY");
+        assert_eq!(money(1234, "KWD"), "1.234 KWD");
+    }
+
+    #[test]
+    fn stuck_message_lists_ten_and_counts_the_rest() {
+        let rs: Vec<Record> = (0..12)
+            .map(|i| Record {
+                key: format!("t{i}"),
+                amount: 1000,
+                currency: "USD".into(),
+                created_at: 0,
+                attempts: 3,
+                reason: "timeout".into(),
+                ..Record::default()
+            })
+            .collect();
+        let text = stuck_message(&rs[..2], &rs[2..], Duration::from_secs(600), 720_000);
+        assert!(text.starts_with(":rotating_light: 12 payment(s) pending longer than 10m (2 new, 10 still stuck)"), "{text}");
+        assert_eq!(text.lines().count(), 12);
+        assert!(text.contains("• `t0` 10.00 USD — pending 12m — 3 attempts — last: timeout"), "{text}");
+        assert!(text.ends_with("… and 2 more"));
+    }
+}
