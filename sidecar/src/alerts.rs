@@ -5,7 +5,10 @@
 //!
 //! All alert state lives in Redis, under the hash tag `{pay:alerts}` (one
 //! cluster slot): a sorted set of alerted payments scored by the last alert
-//! time, an outbox list of messages not yet delivered, and a delivery lock.
+//! time, a sorted set of resolved ones (tombstones, kept a day, so a stale
+//! listing can never alert a resolved payment again), an outbox list of
+//! messages not yet delivered, and a delivery lock. A payment is named by its
+//! key and creation time, so a later payment under the same key is a new one.
 //! So a restart or a second sidecar never alerts twice, and messages wait in
 //! the outbox while Slack is down. Delivery runs on its own thread: a Slack
 //! outage never slows the retries.
@@ -20,6 +23,9 @@ use crate::metrics::Metrics;
 use crate::store::{self, Record, Topology};
 
 pub const ALERTED: &str = "{pay:alerts}";
+pub const RESOLVED: &str = "{pay:alerts}:resolved";
+/// How long a tombstone is kept.
+const TOMBSTONE_MS: i64 = 86_400_000;
 pub const OUTBOX: &str = "{pay:alerts}:outbox";
 pub const LOCK: &str = "{pay:alerts}:lock";
 /// How many payments one message lists; the rest are counted.
@@ -33,14 +39,31 @@ fn now_ms() -> i64 {
 }
 
 /// Atomically decides whether a payment is due an alert, and records it:
-/// 1 = first alert, 2 = repeat, 0 = not due.
+/// 1 = first alert, 2 = repeat, 0 = not due (or already resolved).
 const MARK: &str = r"
+if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
 local last = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if last and tonumber(ARGV[2]) - tonumber(last) < tonumber(ARGV[3]) then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 if last then return 2 end
 return 1
 ";
+
+/// Moves an alerted payment to the tombstones; 1 if this caller did it (and
+/// so announces the resolution), 0 if another sidecar did.
+const RESOLVE: &str = r"
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
+  return 1
+end
+return 0
+";
+
+/// The alert-state name of one payment: its key and creation time.
+fn member(r: &Record) -> String {
+    format!("{}|{}", r.key, r.created_at)
+}
 
 /// Takes or renews the delivery lock for `ARGV[1]`.
 const LOCK_SCRIPT: &str = r"
@@ -120,7 +143,10 @@ pub fn stuck_message(first: &[Record], repeat: &[Record], threshold: Duration, n
 }
 
 pub fn resolved_message(resolved: &[(String, String)]) -> String {
-    let mut text = format!(":white_check_mark: {} alerted payment(s) resolved", resolved.len());
+    let mut text = format!(
+        ":white_check_mark: {} alerted payment(s) resolved",
+        resolved.len()
+    );
     for (key, status) in resolved.iter().take(LISTED) {
         text.push_str(&format!("\n• `{key}` {status}"));
     }
@@ -132,7 +158,10 @@ pub fn resolved_message(resolved: &[(String, String)]) -> String {
 
 fn enqueue(c: &mut dyn ConnectionLike, text: &str) -> redis::RedisResult<()> {
     let payload = serde_json::json!({ "text": text }).to_string();
-    redis::cmd("RPUSH").arg(OUTBOX).arg(payload).query::<i64>(c)?;
+    redis::cmd("RPUSH")
+        .arg(OUTBOX)
+        .arg(payload)
+        .query::<i64>(c)?;
     Ok(())
 }
 
@@ -145,12 +174,13 @@ impl Alerter {
             let mut c = node.connect()?;
             stuck.extend(store::stuck(&mut c, self.alert_after, 10_000)?);
         }
-        let script = redis::Script::new(MARK);
+        let mark = redis::Script::new(MARK);
         let (mut first, mut repeat) = (Vec::new(), Vec::new());
         for r in stuck {
-            let marked: i64 = script
+            let marked: i64 = mark
                 .key(ALERTED)
-                .arg(&r.key)
+                .key(RESOLVED)
+                .arg(member(&r))
                 .arg(now)
                 .arg(self.repeat.as_millis() as u64)
                 .invoke(keyed)?;
@@ -166,20 +196,40 @@ impl Alerter {
                 first.len(),
                 repeat.len()
             );
-            enqueue(keyed, &stuck_message(&first, &repeat, self.alert_after, now))?;
+            enqueue(
+                keyed,
+                &stuck_message(&first, &repeat, self.alert_after, now),
+            )?;
         }
-        let alerted: Vec<String> = redis::cmd("ZRANGE").arg(ALERTED).arg(0).arg(-1).query(keyed)?;
+        let alerted: Vec<String> = redis::cmd("ZRANGE")
+            .arg(ALERTED)
+            .arg(0)
+            .arg(-1)
+            .query(keyed)?;
+        let resolve = redis::Script::new(RESOLVE);
         let mut resolved = Vec::new();
-        for key in alerted {
-            let status = match store::check(keyed, &key)? {
+        for name in alerted {
+            let Some((key, created_at)) = name.rsplit_once('|') else {
+                continue;
+            };
+            let status = match store::check(keyed, key)? {
+                Some(r) if r.created_at.to_string() != created_at => {
+                    "gone (replaced by a newer payment)".to_string()
+                }
                 Some(r) if r.status == "pending" => continue,
                 Some(r) => r.status,
                 None => "gone (expired or deleted)".to_string(),
             };
-            // Only the sidecar whose ZREM removes it announces it.
-            let removed: i64 = redis::cmd("ZREM").arg(ALERTED).arg(&key).query(keyed)?;
-            if removed == 1 {
-                resolved.push((key, status));
+            // Only the sidecar that moves it to the tombstones announces it.
+            let moved: i64 = resolve
+                .key(ALERTED)
+                .key(RESOLVED)
+                .arg(&name)
+                .arg(now)
+                .arg(now - TOMBSTONE_MS)
+                .invoke(keyed)?;
+            if moved == 1 {
+                resolved.push((key.to_string(), status));
             }
         }
         if !resolved.is_empty() {
@@ -190,11 +240,18 @@ impl Alerter {
     }
 
     /// An immediate alert for payments the sidecar gave up on.
-    pub fn gave_up(&self, keyed: &mut dyn ConnectionLike, gave_up: &[(Record, String)]) -> redis::RedisResult<()> {
+    pub fn gave_up(
+        &self,
+        keyed: &mut dyn ConnectionLike,
+        gave_up: &[(Record, String)],
+    ) -> redis::RedisResult<()> {
         if gave_up.is_empty() {
             return Ok(());
         }
-        let mut text = format!(":x: {} payment(s) failed after too many attempts", gave_up.len());
+        let mut text = format!(
+            ":x: {} payment(s) failed after too many attempts",
+            gave_up.len()
+        );
         for (r, reason) in gave_up.iter().take(LISTED) {
             text.push_str(&format!(
                 "\n• `{}` {} — {reason}",
@@ -271,7 +328,13 @@ impl Notifier for SlackWebhook {
 
 /// Delivers the outbox, oldest first, while holding the delivery lock, until
 /// shutdown. Runs on its own thread.
-pub fn deliver(topo: &Topology, notifier: &dyn Notifier, me: &str, metrics: &Metrics, shutdown: &AtomicBool) {
+pub fn deliver(
+    topo: &Topology,
+    notifier: &dyn Notifier,
+    me: &str,
+    metrics: &Metrics,
+    shutdown: &AtomicBool,
+) {
     let lock = redis::Script::new(LOCK_SCRIPT);
     let mut backoff = Duration::from_millis(500);
     let mut conn: Option<Box<dyn ConnectionLike + Send>> = None;
@@ -298,7 +361,9 @@ pub fn deliver(topo: &Topology, notifier: &dyn Notifier, me: &str, metrics: &Met
             };
             match notifier.post(&payload) {
                 Delivery::Sent => {
-                    redis::cmd("LPOP").arg(OUTBOX).query::<Option<String>>(c.as_mut())?;
+                    redis::cmd("LPOP")
+                        .arg(OUTBOX)
+                        .query::<Option<String>>(c.as_mut())?;
                     metrics.alerts_sent.inc();
                     backoff = Duration::from_millis(500);
                     Ok(None)
@@ -365,9 +430,17 @@ mod tests {
             })
             .collect();
         let text = stuck_message(&rs[..2], &rs[2..], Duration::from_secs(600), 720_000);
-        assert!(text.starts_with(":rotating_light: 12 payment(s) pending longer than 10m (2 new, 10 still stuck)"), "{text}");
+        assert!(
+            text.starts_with(
+                ":rotating_light: 12 payment(s) pending longer than 10m (2 new, 10 still stuck)"
+            ),
+            "{text}"
+        );
         assert_eq!(text.lines().count(), 12);
-        assert!(text.contains("• `t0` 10.00 USD — pending 12m — 3 attempts — last: timeout"), "{text}");
+        assert!(
+            text.contains("• `t0` 10.00 USD — pending 12m — 3 attempts — last: timeout"),
+            "{text}"
+        );
         assert!(text.ends_with("… and 2 more"));
     }
 }

@@ -17,7 +17,8 @@ use pay_sidecar::store::{Node, Topology};
 use pay_sidecar::worker::{self, Settings};
 
 fn init_logging(format: LogFormat) {
-    let mut builder = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
     if format == LogFormat::Json {
         builder.format(|buf, record| {
             let line = serde_json::json!({
@@ -48,7 +49,10 @@ fn listen_for_stale(node: Node, wake: mpsc::Sender<()>, shutdown: Arc<AtomicBool
                 }
             })();
             if let Err(e) = result {
-                warn!("pay:stale listener on {}: {e}; polling continues", node.name);
+                warn!(
+                    "pay:stale listener on {}: {e}; polling continues",
+                    node.name
+                );
             }
             alerts::sleep_unless(&shutdown, Duration::from_secs(1));
         }
@@ -105,7 +109,12 @@ fn main() {
     info!(
         "claiming from {} primary(ies): {}",
         topology.primaries.len(),
-        topology.primaries.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")
+        topology
+            .primaries
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 
     let provider_metrics = metrics.clone();
@@ -120,7 +129,12 @@ fn main() {
         repeat: opts.alert_repeat,
     };
     if let Some(url) = opts.slack_webhook_url.clone() {
-        let (topo, m, stop, me) = (topology.clone(), metrics.clone(), shutdown.clone(), consumer.clone());
+        let (topo, m, stop, me) = (
+            topology.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+            consumer.clone(),
+        );
         std::thread::spawn(move || {
             let slack = SlackWebhook::new(&url, Duration::from_secs(10));
             alerts::deliver(&topo, &slack, &me, &m, &stop);
@@ -158,7 +172,9 @@ fn main() {
         let round = (|| -> redis::RedisResult<()> {
             let mut gave_up = Vec::new();
             for node in &topology.primaries {
-                gave_up.extend(worker::drain(node, &provider, &settings, &metrics, &shutdown)?);
+                gave_up.extend(worker::drain(
+                    node, &provider, &settings, &metrics, &shutdown,
+                )?);
             }
             let c = match keyed.as_mut() {
                 Some(c) => c,
@@ -184,7 +200,10 @@ fn main() {
             if left.is_zero() {
                 break;
             }
-            if wake_rx.recv_timeout(left.min(Duration::from_millis(200))).is_ok() {
+            if wake_rx
+                .recv_timeout(left.min(Duration::from_millis(200)))
+                .is_ok()
+            {
                 while wake_rx.try_recv().is_ok() {}
                 break;
             }

@@ -63,7 +63,11 @@ impl Metrics {
         let claims = Counter::default();
         registry.register("claims", "Payments claimed", claims.clone());
         let alerts_sent = Counter::default();
-        registry.register("alerts_sent", "Slack messages delivered", alerts_sent.clone());
+        registry.register(
+            "alerts_sent",
+            "Slack messages delivered",
+            alerts_sent.clone(),
+        );
         let rounds = Counter::default();
         registry.register("rounds", "Retry rounds run", rounds.clone());
         Metrics {
@@ -120,7 +124,11 @@ impl Default for Metrics {
 }
 
 /// Serves /metrics and /healthz until the process ends.
-pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>, health_window: Duration) -> std::io::Result<()> {
+pub fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    health_window: Duration,
+) -> std::io::Result<()> {
     let server = tiny_http::Server::http(addr).map_err(std::io::Error::other)?;
     std::thread::spawn(move || {
         for request in server.incoming_requests() {

@@ -29,7 +29,12 @@ pub struct Options {
     /// Redis URL, with a password or ACL user if needed
     /// (redis://[user:password@]host:port/). For a cluster, any node: every
     /// primary is asked.
-    #[arg(long, env = "PAY_REDIS_URL", default_value = "redis://127.0.0.1:6379/", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "PAY_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/",
+        hide_env_values = true
+    )]
     pub redis_url: String,
 
     /// The payment provider's base URL (GET {url}/payments/{id}, POST {url}/payments).
@@ -124,7 +129,8 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_story() {
-        let o = Options::try_parse_from(["pay-sidecar", "--bank-url", "http://127.0.0.1:1"]).unwrap();
+        let o =
+            Options::try_parse_from(["pay-sidecar", "--bank-url", "http://127.0.0.1:1"]).unwrap();
         assert_eq!(o.interval, Duration::from_secs(300));
         assert_eq!(o.alert_after, Duration::from_secs(600));
         assert!(o.validate().is_ok());
@@ -133,17 +139,29 @@ mod tests {
     #[test]
     fn durations_read_as_written() {
         let o = Options::try_parse_from([
-            "pay-sidecar", "--bank-url", "x", "--interval", "500ms", "--lease", "5s", "--timeout", "1s",
+            "pay-sidecar",
+            "--bank-url",
+            "x",
+            "--interval",
+            "500ms",
+            "--lease",
+            "5s",
+            "--timeout",
+            "1s",
         ])
         .unwrap();
         assert_eq!(o.interval, Duration::from_millis(500));
         assert!(o.validate().is_ok());
-        assert!(Options::try_parse_from(["pay-sidecar", "--bank-url", "x", "--interval", "soon"]).is_err());
+        assert!(
+            Options::try_parse_from(["pay-sidecar", "--bank-url", "x", "--interval", "soon"])
+                .is_err()
+        );
     }
 
     #[test]
     fn a_lease_shorter_than_two_calls_is_refused() {
-        let o = Options::try_parse_from(["pay-sidecar", "--bank-url", "x", "--lease", "15s"]).unwrap();
+        let o =
+            Options::try_parse_from(["pay-sidecar", "--bank-url", "x", "--lease", "15s"]).unwrap();
         assert!(o.validate().unwrap_err().contains("--lease"));
     }
 }

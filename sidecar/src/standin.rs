@@ -17,6 +17,145 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// One HTTP request as a stand-in sees it.
+pub struct HttpRequest {
+    pub method: String,
+    pub path: String,
+    headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A response: status, extra headers, body.
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn new(status: u16, body: impl Into<String>) -> HttpResponse {
+        HttpResponse {
+            status,
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on a free loopback port, one thread per connection (so a
+/// hanging request never holds up another), parsing with `httparse`. The
+/// handler returns None to drop the connection without answering.
+pub fn serve<F>(handler: F) -> std::net::SocketAddr
+where
+    F: Fn(&HttpRequest) -> Option<HttpResponse> + Send + Sync + 'static,
+{
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let addr = listener.local_addr().expect("local address");
+    let handler = Arc::new(handler);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let handler = handler.clone();
+            std::thread::spawn(move || {
+                let _ = connection(stream, &*handler);
+            });
+        }
+    });
+    addr
+}
+
+fn connection<F>(mut stream: std::net::TcpStream, handler: &F) -> std::io::Result<()>
+where
+    F: Fn(&HttpRequest) -> Option<HttpResponse>,
+{
+    use std::io::Write;
+    let mut buf = Vec::new();
+    loop {
+        // Read until a whole request head is in the buffer.
+        let (head_len, request) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut req = httparse::Request::new(&mut headers);
+            match req.parse(&buf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let request = HttpRequest {
+                        method: req.method.unwrap_or("").to_string(),
+                        path: req.path.unwrap_or("").to_string(),
+                        headers: req
+                            .headers
+                            .iter()
+                            .map(|h| {
+                                (
+                                    h.name.to_string(),
+                                    String::from_utf8_lossy(h.value).into_owned(),
+                                )
+                            })
+                            .collect(),
+                        body: Vec::new(),
+                    };
+                    break (n, request);
+                }
+                Ok(httparse::Status::Partial) if buf.len() < 64 * 1024 => {
+                    let mut chunk = [0u8; 4096];
+                    let n = stream.read(&mut chunk)?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                _ => return Ok(()),
+            }
+        };
+        let mut request = request;
+        let length: usize = request
+            .header("content-length")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+            .min(1 << 20);
+        buf.drain(..head_len);
+        while buf.len() < length {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        request.body = buf.drain(..length).collect();
+        let Some(response) = handler(&request) else {
+            return Ok(());
+        };
+        let reason = ureq::http::StatusCode::from_u16(response.status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Status");
+        let mut out = format!(
+            "HTTP/1.1 {} {reason}\r\nContent-Length: {}\r\nContent-Type: application/json\r\n",
+            response.status,
+            response.body.len()
+        );
+        for (k, v) in &response.headers {
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+        out.push_str("\r\n");
+        out.push_str(&response.body);
+        stream.write_all(out.as_bytes())?;
+        if request
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+        {
+            return Ok(());
+        }
+    }
+}
+
 /// A forced answer for the next call about one payment.
 #[derive(Clone, Debug)]
 pub enum Scripted {
@@ -67,22 +206,21 @@ impl Bank {
     /// Starts on a free loopback port. `fail_rate` in 0..=1; failures hang
     /// for `hang` (set it past the client's timeout).
     pub fn start(fail_rate: f64, latency: Duration, hang: Duration, seed: u64) -> Bank {
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind the bank"));
-        let url = format!("http://{}", server.server_addr());
         let state = Arc::new(BankState::default());
-        state.rng.lock().unwrap().replace(fastrand::Rng::with_seed(seed));
-        let bank = Bank { url, state };
+        lock(&state.rng).replace(fastrand::Rng::with_seed(seed));
+        state
+            .latency_ms
+            .store(latency.as_millis() as u64, Ordering::Relaxed);
+        state
+            .hang_ms
+            .store(hang.as_millis() as u64, Ordering::Relaxed);
+        let s = state.clone();
+        let addr = serve(move |rq| handle(&s, rq));
+        let bank = Bank {
+            url: format!("http://{addr}"),
+            state,
+        };
         bank.set_fail_rate(fail_rate);
-        bank.state.latency_ms.store(latency.as_millis() as u64, Ordering::Relaxed);
-        bank.state.hang_ms.store(hang.as_millis() as u64, Ordering::Relaxed);
-        for _ in 0..32 {
-            let (server, state) = (server.clone(), bank.state.clone());
-            std::thread::spawn(move || {
-                while let Ok(rq) = server.recv() {
-                    handle(&state, rq);
-                }
-            });
-        }
         bank
     }
 
@@ -120,7 +258,9 @@ impl Bank {
     }
 
     pub fn status_of(&self, txn: &str) -> Option<String> {
-        lock(&self.state.payments).get(txn).map(|s| s.status.clone())
+        lock(&self.state.payments)
+            .get(txn)
+            .map(|s| s.status.clone())
     }
 
     /// Calls that arrived about a payment while another call about the same
@@ -138,31 +278,20 @@ impl Bank {
     }
 }
 
-fn respond(rq: tiny_http::Request, code: u16, body: String) {
-    let header = tiny_http::Header::from_bytes("Content-Type", "application/json").expect("header");
-    let _ = rq.respond(
-        tiny_http::Response::from_string(body)
-            .with_status_code(code)
-            .with_header(header),
-    );
-}
-
 fn payment_json(s: &Stored) -> String {
-    serde_json::json!({"status": s.status, "reference": s.reference, "message": s.message}).to_string()
+    serde_json::json!({"status": s.status, "reference": s.reference, "message": s.message})
+        .to_string()
 }
 
-fn handle(state: &BankState, mut rq: tiny_http::Request) {
-    let is_post = *rq.method() == tiny_http::Method::Post;
-    let url = rq.url().to_string();
+fn handle(state: &BankState, rq: &HttpRequest) -> Option<HttpResponse> {
+    let is_post = rq.method == "POST";
     let txn = if is_post {
-        rq.headers()
-            .iter()
-            .find(|h| h.field.equiv("Idempotency-Key"))
-            .map(|h| h.value.as_str().to_string())
-            .unwrap_or_default()
+        rq.header("Idempotency-Key").unwrap_or_default().to_string()
     } else {
-        let raw = url.strip_prefix("/payments/").unwrap_or("");
-        percent_encoding::percent_decode_str(raw).decode_utf8_lossy().into_owned()
+        let raw = rq.path.strip_prefix("/payments/").unwrap_or("");
+        percent_encoding::percent_decode_str(raw)
+            .decode_utf8_lossy()
+            .into_owned()
     };
     if is_post {
         state.posts.fetch_add(1, Ordering::Relaxed);
@@ -172,22 +301,25 @@ fn handle(state: &BankState, mut rq: tiny_http::Request) {
     if !lock(&state.in_flight).insert(txn.clone()) {
         state.overlaps.fetch_add(1, Ordering::Relaxed);
     }
-    let answer = answer(state, &mut rq, is_post, &txn);
+    let answer = answer(state, rq, is_post, &txn);
     lock(&state.in_flight).remove(&txn);
-    match answer {
-        Some((code, body)) => respond(rq, code, body),
-        // Lost: the connection closes without a response.
-        None => drop(rq.into_writer()),
-    }
+    // None: the response is lost (the connection closes without one).
+    answer.map(|(code, body)| HttpResponse::new(code, body))
 }
 
 /// The bank's answer, or None for a response that is lost on the way.
-fn answer(state: &BankState, rq: &mut tiny_http::Request, is_post: bool, txn: &str) -> Option<(u16, String)> {
-    std::thread::sleep(Duration::from_millis(state.latency_ms.load(Ordering::Relaxed)));
+fn answer(state: &BankState, rq: &HttpRequest, is_post: bool, txn: &str) -> Option<(u16, String)> {
+    std::thread::sleep(Duration::from_millis(
+        state.latency_ms.load(Ordering::Relaxed),
+    ));
     if state.outage.load(Ordering::Relaxed) {
         return Some((503, r#"{"message":"provider outage"}"#.into()));
     }
-    if let Some(s) = lock(&state.scripts).get_mut(txn).and_then(VecDeque::pop_front) {
+    // Popped first, so the lock is not held while a scripted hang sleeps.
+    let scripted = lock(&state.scripts)
+        .get_mut(txn)
+        .and_then(VecDeque::pop_front);
+    if let Some(s) = scripted {
         return Some(match s {
             Scripted::Reply(code, body) => (code, body),
             Scripted::Hang(d) => {
@@ -198,7 +330,9 @@ fn answer(state: &BankState, rq: &mut tiny_http::Request, is_post: bool, txn: &s
     }
     // Random failures: before processing (5xx or a hang), or after it (the
     // payment is charged but the response is lost).
-    let roll = lock(&state.rng).as_mut().map_or(u32::MAX, |r| r.u32(..1_000_000));
+    let roll = lock(&state.rng)
+        .as_mut()
+        .map_or(u32::MAX, |r| r.u32(..1_000_000));
     let failing = roll < state.fail_ppm.load(Ordering::Relaxed);
     let failure = roll % 3;
     if failing && failure == 0 {
@@ -209,13 +343,14 @@ fn answer(state: &BankState, rq: &mut tiny_http::Request, is_post: bool, txn: &s
         return Some((503, "{}".into()));
     }
     let result = if is_post {
-        let mut body = String::new();
-        let _ = rq.as_reader().take(64 * 1024).read_to_string(&mut body);
-        let Ok(p) = serde_json::from_str::<PostBody>(&body) else {
+        let Ok(p) = serde_json::from_slice::<PostBody>(&rq.body) else {
             return Some((400, r#"{"message":"bad request body"}"#.into()));
         };
         if p.transaction_id != txn {
-            return Some((400, r#"{"message":"Idempotency-Key differs from transaction_id"}"#.into()));
+            return Some((
+                400,
+                r#"{"message":"Idempotency-Key differs from transaction_id"}"#.into(),
+            ));
         }
         let mut payments = lock(&state.payments);
         let stored = payments.entry(txn.to_string()).or_insert_with(|| {
@@ -226,7 +361,11 @@ fn answer(state: &BankState, rq: &mut tiny_http::Request, is_post: bool, txn: &s
             Stored {
                 status: if declined { "failed" } else { "succeeded" }.into(),
                 reference: format!("ch_{n}"),
-                message: if declined { "card declined".into() } else { String::new() },
+                message: if declined {
+                    "card declined".into()
+                } else {
+                    String::new()
+                },
             }
         });
         (201, payment_json(stored))
@@ -259,48 +398,41 @@ struct SlackState {
 
 impl Slack {
     pub fn start(print: bool) -> Slack {
-        let server = tiny_http::Server::http("127.0.0.1:0").expect("bind slack");
-        let url = format!("http://{}/services/T000/B000/XXXX", server.server_addr());
         let state = Arc::new(SlackState::default());
         state.print.store(print, Ordering::Relaxed);
         let s = state.clone();
-        std::thread::spawn(move || {
-            for mut rq in server.incoming_requests() {
-                if s.down.load(Ordering::Relaxed) {
-                    s.refused.fetch_add(1, Ordering::Relaxed);
-                    let _ = rq.respond(tiny_http::Response::from_string("down").with_status_code(503));
-                    continue;
-                }
-                if s
-                    .rate_limited
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                    .is_ok()
-                {
-                    s.refused.fetch_add(1, Ordering::Relaxed);
-                    let retry = tiny_http::Header::from_bytes("Retry-After", "1").expect("header");
-                    let _ = rq.respond(
-                        tiny_http::Response::from_string("rate_limited")
-                            .with_status_code(429)
-                            .with_header(retry),
-                    );
-                    continue;
-                }
-                let mut body = String::new();
-                let _ = rq.as_reader().take(1 << 20).read_to_string(&mut body);
-                let text = serde_json::from_str::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|v| v["text"].as_str().map(str::to_string))
-                    .unwrap_or(body);
-                if s.print.load(Ordering::Relaxed) {
-                    for line in text.lines() {
-                        println!("    [slack] {line}");
-                    }
-                }
-                lock(&s.messages).push(text);
-                let _ = rq.respond(tiny_http::Response::from_string("ok"));
+        let addr = serve(move |rq| {
+            if s.down.load(Ordering::Relaxed) {
+                s.refused.fetch_add(1, Ordering::Relaxed);
+                return Some(HttpResponse::new(503, "down"));
             }
+            let limited = s
+                .rate_limited
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok();
+            if limited {
+                s.refused.fetch_add(1, Ordering::Relaxed);
+                let mut r = HttpResponse::new(429, "rate_limited");
+                r.headers.push(("Retry-After", "1".into()));
+                return Some(r);
+            }
+            let body = String::from_utf8_lossy(&rq.body).into_owned();
+            let text = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["text"].as_str().map(str::to_string))
+                .unwrap_or(body);
+            if s.print.load(Ordering::Relaxed) {
+                for line in text.lines() {
+                    println!("    [slack] {line}");
+                }
+            }
+            lock(&s.messages).push(text);
+            Some(HttpResponse::new(200, "ok"))
         });
-        Slack { url, state }
+        Slack {
+            url: format!("http://{addr}/services/T000/B000/XXXX"),
+            state,
+        }
     }
 
     pub fn messages(&self) -> Vec<String> {

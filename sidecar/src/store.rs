@@ -83,7 +83,9 @@ pub struct Node {
 
 impl Node {
     pub fn connect(&self) -> redis::RedisResult<redis::Connection> {
-        let c = self.client.get_connection_with_timeout(Duration::from_secs(5))?;
+        let c = self
+            .client
+            .get_connection_with_timeout(Duration::from_secs(5))?;
         c.set_read_timeout(Some(Duration::from_secs(10)))?;
         c.set_write_timeout(Some(Duration::from_secs(10)))?;
         Ok(c)
@@ -196,11 +198,15 @@ impl Topology {
             let Some(Value::Array(primary)) = parts.get(2) else {
                 continue;
             };
-            let (Some(host), Some(port)) = (primary.first().and_then(text), primary.get(1).and_then(text))
-            else {
+            let (Some(host), Some(port)) = (
+                primary.first().and_then(text),
+                primary.get(1).and_then(text),
+            ) else {
                 continue;
             };
-            let Ok(port) = port.parse::<u16>() else { continue };
+            let Ok(port) = port.parse::<u16>() else {
+                continue;
+            };
             if !addrs.contains(&(host.clone(), port)) {
                 addrs.push((host, port));
             }
@@ -209,7 +215,9 @@ impl Topology {
         let primaries = addrs
             .into_iter()
             .map(|(host, port)| {
-                let node_info = info.clone().set_addr(ConnectionAddr::Tcp(host.clone(), port));
+                let node_info = info
+                    .clone()
+                    .set_addr(ConnectionAddr::Tcp(host.clone(), port));
                 Ok(Node {
                     name: format!("{host}:{port}"),
                     client: Client::open(node_info)?,
@@ -230,7 +238,9 @@ impl Topology {
         match &self.cluster {
             Some(cluster) => Ok(Box::new(cluster.get_connection()?)),
             None => {
-                let c = self.seed.get_connection_with_timeout(Duration::from_secs(5))?;
+                let c = self
+                    .seed
+                    .get_connection_with_timeout(Duration::from_secs(5))?;
                 c.set_read_timeout(Some(Duration::from_secs(10)))?;
                 Ok(Box::new(c))
             }

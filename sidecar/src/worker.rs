@@ -18,12 +18,21 @@ use crate::store::{self, Node, Record};
 /// What to do with a claimed payment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
-    Succeeded { reference: String },
-    Failed { reason: String, reference: String },
+    Succeeded {
+        reference: String,
+    },
+    Failed {
+        reason: String,
+        reference: String,
+    },
     /// A transient error: record it; the lease is the back-off.
-    Retry { reason: String },
+    Retry {
+        reason: String,
+    },
     /// A transient error on the last allowed attempt: fail, and alert.
-    GiveUp { reason: String },
+    GiveUp {
+        reason: String,
+    },
     /// Too little lease left to call the provider safely: leave it.
     Abandon,
 }
@@ -119,7 +128,10 @@ pub fn apply(
         Ok(_) => Ok(()),
         // Someone (the application) resolved it meanwhile, or it expired:
         // their word stands.
-        Err(e) if matches!(e.code(), Some("TRANSITION")) || e.to_string().contains("no such payment") => {
+        Err(e)
+            if matches!(e.code(), Some("TRANSITION"))
+                || e.to_string().contains("no such payment") =>
+        {
             info!("txn={} already resolved elsewhere: {e}", r.key);
             Ok(())
         }
@@ -193,13 +205,19 @@ fn worker(
         metrics.outcome(d.outcome());
         match &d {
             Decision::Succeeded { reference } => {
-                info!("txn={} attempt={} succeeded ref={reference}", r.key, r.attempts)
+                info!(
+                    "txn={} attempt={} succeeded ref={reference}",
+                    r.key, r.attempts
+                )
             }
             Decision::Failed { reason, .. } => {
                 info!("txn={} attempt={} failed: {reason}", r.key, r.attempts)
             }
             Decision::Retry { reason } => {
-                info!("txn={} attempt={} still pending: {reason}", r.key, r.attempts)
+                info!(
+                    "txn={} attempt={} still pending: {reason}",
+                    r.key, r.attempts
+                )
             }
             Decision::GiveUp { reason } => {
                 warn!("txn={} {reason}", r.key);
@@ -268,7 +286,12 @@ mod tests {
             assert_eq!(calls, ["GET"]);
         }
         let (d, _) = run(known(Status::Succeeded), Answer::Unknown, 1);
-        assert_eq!(d, Decision::Succeeded { reference: "ch_1".into() });
+        assert_eq!(
+            d,
+            Decision::Succeeded {
+                reference: "ch_1".into()
+            }
+        );
     }
 
     #[test]
@@ -282,11 +305,21 @@ mod tests {
     fn transient_errors_retry_until_the_last_attempt() {
         let (d, calls) = run(Answer::Transient("503".into()), Answer::Unknown, 1);
         assert_eq!(calls, ["GET"], "no POST after a failed GET");
-        assert_eq!(d, Decision::Retry { reason: "503".into() });
+        assert_eq!(
+            d,
+            Decision::Retry {
+                reason: "503".into()
+            }
+        );
         let (d, _) = run(Answer::Unknown, Answer::Transient("409".into()), 2);
         assert_eq!(d.outcome(), "retry");
         let (d, _) = run(Answer::Transient("503".into()), Answer::Unknown, 3);
-        assert_eq!(d, Decision::GiveUp { reason: "gave up after 3 attempts: 503".into() });
+        assert_eq!(
+            d,
+            Decision::GiveUp {
+                reason: "gave up after 3 attempts: 503".into()
+            }
+        );
     }
 
     #[test]

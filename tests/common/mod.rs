@@ -21,10 +21,17 @@ pub fn server_bin() -> String {
 }
 
 pub fn module_path() -> PathBuf {
+    // The workspace's target directory: this crate's, or its parent's (the
+    // sidecar's tests include this file too).
     let path = std::env::var("PAY_MODULE")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/libredis_pay.so")
+            let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+            [here, here.parent().unwrap_or(here)]
+                .iter()
+                .map(|d| d.join("target/release/libredis_pay.so"))
+                .find(|p| p.exists())
+                .unwrap_or_else(|| here.join("target/release/libredis_pay.so"))
         });
     assert!(
         path.exists(),
