@@ -5,7 +5,7 @@ VALKEY := target/valkey/bin/valkey-server
 PORT ?= 6379
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build test test-unit test-redis test-valkey lint fmt run bench clean
+.PHONY: help deps build test lint fmt run demo bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -13,23 +13,27 @@ help: ## List the targets
 deps: ## Install redis-server, libclang and Valkey when missing (Debian)
 	@scripts/install-deps.sh
 
-build: deps ## Build the module (release)
-	cargo build --release
+build: deps ## Build the module and pay-sidecar (release)
+	cargo build --release --workspace
 
-test: build ## Unit tests, then the integration suite on Redis 7.0 and on Valkey 8.1
+test: build ## Unit tests; module suite on Redis 7.0 and Valkey 8.1; sidecar end-to-end tests
 	cargo test --lib
 	PAY_SERVER=redis-server cargo test --test '*'
 	PAY_SERVER=$(CURDIR)/$(VALKEY) cargo test --test '*'
+	cargo test -p pay-sidecar
 
 lint: ## cargo fmt --check and clippy with warnings as errors
-	cargo fmt --check
-	cargo clippy --all-targets -- -D warnings
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
 
 fmt: ## Format the code
 	cargo fmt
 
 run: build ## redis-server with the module on 127.0.0.1:$(PORT), in the foreground
 	redis-server --port $(PORT) --bind 127.0.0.1 --save "" --loadmodule $(CURDIR)/$(MODULE)
+
+demo: build ## The whole product on local defaults, playing the three failure stories
+	target/release/pay-demo
 
 bench: build ## PAY.CACHE against SET NX EX on the same server (redis-benchmark)
 	scripts/bench.sh
