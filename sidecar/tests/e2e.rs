@@ -238,6 +238,8 @@ fn with_30_percent_of_provider_calls_failing_1000_payments_all_resolve_once() {
         &s,
         &bank.url,
         None,
+        // About half of all attempts meet a failure here: ten in a row (the
+        // default --max-attempts) happen to about one payment in a thousand.
         &[
             "--concurrency",
             "32",
@@ -245,6 +247,8 @@ fn with_30_percent_of_provider_calls_failing_1000_payments_all_resolve_once() {
             "2500ms",
             "--timeout",
             "1s",
+            "--max-attempts",
+            "100",
         ],
     );
     wait_for("every payment to resolve", 120, &sidecar, || {
@@ -295,7 +299,16 @@ fn two_sidecars_one_killed_mid_round_still_resolve_everything_once() {
             .ignore();
     }
     let _: () = pipe.query(&mut c).unwrap();
-    let extra = ["--concurrency", "8", "--lease", "2500ms", "--timeout", "1s"];
+    let extra = [
+        "--concurrency",
+        "8",
+        "--lease",
+        "2500ms",
+        "--timeout",
+        "1s",
+        "--max-attempts",
+        "100",
+    ];
     let mut a = Sidecar::start(&s, &bank.url, None, &extra);
     let b = Sidecar::start(&s, &bank.url, None, &extra);
     wait_for("the round to be under way", 30, &b, || bank.posts() > 60);
@@ -465,4 +478,97 @@ fn metrics_and_health_are_served() {
     let first = sidecar.log().lines().next().unwrap_or_default().to_string();
     let v: serde_json::Value = serde_json::from_str(&first).expect("JSON log lines");
     assert_eq!(v["level"], "INFO");
+}
+
+/// The sidecar's ACL user: only what it needs (README recipe).
+const SIDECAR_ACL: &[&str] = &[
+    "on",
+    ">s3cret",
+    "resetkeys",
+    "~*",
+    "resetchannels",
+    "&pay:stale",
+    "-@all",
+    "+pay.stuck",
+    "+pay.update",
+    "+pay.check",
+    "+info",
+    "+ping",
+    "+subscribe",
+    "+evalsha",
+    "+eval",
+    "+script|load",
+    "+zrange",
+    "+zscore",
+    "+zadd",
+    "+zremrangebyscore",
+    "+get",
+    "+set",
+    "+zrem",
+    "+rpush",
+    "+lindex",
+    "+lpop",
+];
+
+#[test]
+fn works_as_a_least_privilege_acl_user_from_the_url() {
+    let s = redis();
+    let mut c = s.conn();
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("sidecar")
+        .arg(SIDECAR_ACL)
+        .query(&mut c)
+        .unwrap();
+    let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 8);
+    bank.set_outage(true);
+    let slack = Slack::start(false);
+    cache(&mut c, "acl-1", "u", 1000, "USD");
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_pay-sidecar"))
+        .arg("--redis-url")
+        .arg(format!("redis://sidecar:s3cret@127.0.0.1:{}/", s.port))
+        .arg("--bank-url")
+        .arg(&bank.url)
+        .arg("--slack-webhook-url")
+        .arg(&slack.url)
+        .args([
+            "--interval",
+            "200ms",
+            "--lease",
+            "2100ms",
+            "--timeout",
+            "1s",
+        ])
+        .args(["--alert-after", "300ms"])
+        .stdout(log.reopen().unwrap())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let sidecar = Sidecar { child, _log: log };
+    wait_for("an alert", 10, &sidecar, || !slack.messages().is_empty());
+    bank.set_outage(false);
+    wait_for("the payment to succeed", 10, &sidecar, || {
+        check(&mut c, "acl-1").unwrap()["status"] == "succeeded"
+    });
+    wait_for("the resolved message", 10, &sidecar, || {
+        slack.messages().iter().any(|m| m.contains("resolved"))
+    });
+    assert!(!sidecar.log().contains("NOPERM"), "{}", sidecar.log());
+    // The user cannot do what the sidecar never needs.
+    let client =
+        redis::Client::open(format!("redis://sidecar:s3cret@127.0.0.1:{}/", s.port)).unwrap();
+    let mut as_sidecar = client.get_connection().unwrap();
+    for cmd in [
+        redis::cmd("PAY.CACHE")
+            .arg("x")
+            .arg("u")
+            .arg(1)
+            .arg("USD")
+            .clone(),
+        redis::cmd("FLUSHALL").clone(),
+        redis::cmd("DEL").arg("acl-1").clone(),
+    ] {
+        assert!(err(&mut as_sidecar, &cmd).starts_with("NOPERM"));
+    }
 }
