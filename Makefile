@@ -35,8 +35,8 @@ run: build ## redis-server with the module on 127.0.0.1:$(PORT), in the foregrou
 demo: build ## The whole product on local defaults, playing the three failure stories
 	target/release/pay-demo
 
-bench: build ## PAY.CACHE against SET NX EX on the same server (redis-benchmark)
-	scripts/bench.sh
+bench: build ## redis-pay against SET NX, Lua, hashes+zset, JSON strings: writes BENCHMARKS.md
+	cargo bench -p pay-sidecar --bench compare
 
 clean: ## Remove build output
 	cargo clean

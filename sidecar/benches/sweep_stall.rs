@@ -6,7 +6,7 @@
 //! `cargo bench --bench sweep_stall` (after `make build`). Ratios matter; the
 //! machine is small and noisy.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
