@@ -10,6 +10,7 @@
 //! that PAY.CACHE could not have made.
 
 use crate::args::{parse_text, MAX_CONSUMER_LEN, MAX_REASON_LEN, MAX_REF_LEN, MAX_USER_ID_LEN};
+use crate::error::PayError;
 use crate::record::{Lease, Record, Status};
 
 pub const VERSION: u8 = 1;
@@ -161,7 +162,10 @@ impl<'a> Reader<'a> {
         if raw.is_empty() && min == 0 {
             return Ok("");
         }
-        parse_text(what, raw, min, max).map_err(|e| DecodeError(e.to_string()))
+        parse_text(what, raw, min, max).map_err(|e| match e {
+            PayError::Arg(msg) => DecodeError(msg),
+            other => DecodeError(other.to_string()),
+        })
     }
 }
 
