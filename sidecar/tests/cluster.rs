@@ -1,7 +1,8 @@
 //! Redis Cluster: three primaries on loopback ports, created with
 //! `redis-cli --cluster create`; a cluster-aware client routes PAY.* by key,
-//! each primary's PAY.STUCK lists only its own payments, and one sidecar
-//! given any node finishes the stale payments of every primary.
+//! each primary's PAY.STUCK lists only its own payments, resharding slots
+//! that hold payments keeps every record and both indexes exact, and one
+//! sidecar given any node finishes the stale payments of every primary.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -82,6 +83,57 @@ fn one_sidecar_finishes_stale_payments_on_every_primary() {
         }
     }
     assert_eq!(seen, keys);
+
+    // Reshard: move 2000 slots, with their payments, from the first primary
+    // to the second. Every record and both indexes stay exact.
+    let id = |n: &Server| -> String {
+        let mut c = n.conn();
+        redis::cmd("CLUSTER").arg("MYID").query(&mut c).unwrap()
+    };
+    let before: Vec<usize> = nodes
+        .iter()
+        .map(|n| redis::cmd("DBSIZE").query(&mut n.conn()).unwrap())
+        .collect();
+    let status = Command::new("redis-cli")
+        .args(["--cluster", "reshard", &addrs[0]])
+        .args([
+            "--cluster-from",
+            &id(&nodes[0]),
+            "--cluster-to",
+            &id(&nodes[1]),
+        ])
+        .args(["--cluster-slots", "2000", "--cluster-yes"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("redis-cli");
+    assert!(status.success(), "reshard failed");
+    let after: Vec<usize> = nodes
+        .iter()
+        .map(|n| redis::cmd("DBSIZE").query(&mut n.conn()).unwrap())
+        .collect();
+    assert!(
+        after[0] < before[0],
+        "no payment moved: {before:?} -> {after:?}"
+    );
+    assert_eq!(after.iter().sum::<usize>(), keys.len());
+    let mut seen = BTreeSet::new();
+    for n in &nodes {
+        let mut c = n.conn();
+        assert_index_exact(&mut c, &[0]);
+        seen.extend(stuck_keys(&mut c));
+    }
+    assert_eq!(seen, keys, "a payment went missing in the reshard");
+    let mut cc = client.get_connection().unwrap();
+    for k in &keys {
+        let v: redis::Value = redis::cmd("PAY.CACHE")
+            .arg(k)
+            .arg("u")
+            .arg(1000)
+            .arg("USD")
+            .query(&mut cc)
+            .unwrap();
+        assert_eq!(record(&v)["outcome"], "duplicate", "{k}");
+    }
 
     let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 9);
     let mut sidecar = Command::new(env!("CARGO_BIN_EXE_pay-sidecar"))
