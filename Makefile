@@ -5,7 +5,7 @@ VALKEY := target/valkey/bin/valkey-server
 PORT ?= 6379
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build test lint fmt run demo bench clean
+.PHONY: help deps build test test-valgrind lint fmt run demo bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -21,6 +21,12 @@ test: build ## Unit tests; module suite on Redis 7.0 and Valkey 8.1; sidecar end
 	PAY_SERVER=redis-server cargo test --test '*'
 	PAY_SERVER=$(CURDIR)/$(VALKEY) cargo test --test '*'
 	cargo test -p pay-sidecar
+
+test-valgrind: build ## The module's integration suite under valgrind (Valkey, libc malloc), sweeper timing tests aside
+	rm -rf target/valgrind
+	PAY_SERVER=$(CURDIR)/scripts/valgrind-server.sh cargo test --test commands --test config \
+		--test index --test input --test persistence --test replication --test hardening -- --test-threads 2
+	scripts/valgrind-check.sh
 
 lint: ## cargo fmt --check and clippy with warnings as errors
 	cargo fmt --all --check

@@ -223,7 +223,27 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// A graceful SHUTDOWN NOSAVE first (so a server under valgrind can print
+    /// its summary), then SIGKILL if it is still there after a few seconds.
     fn drop(&mut self) {
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        if let Ok(Some(_)) = child.try_wait() {
+            self.child = None;
+            return;
+        }
+        if let Ok(mut c) = self.try_conn() {
+            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+            let _: redis::RedisResult<()> = redis::cmd("SHUTDOWN").arg("NOSAVE").query(&mut c);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            match self.child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(None)) => sleep(Duration::from_millis(10)),
+                _ => break,
+            }
+        }
         self.kill();
     }
 }
