@@ -11,6 +11,8 @@ mod commands;
 pub mod config;
 pub mod error;
 pub mod index;
+#[cfg(test)]
+mod props;
 pub mod record;
 mod stats;
 mod store;
