@@ -102,19 +102,6 @@ fn acknowledged_writes_survive_sigkill_with_appendfsync_always() {
     assert_index_exact(&mut c, &[0]);
 }
 
-fn replicate(replica: &Server, primary: &Server) {
-    let mut r = replica.conn();
-    let _: () = redis::cmd("REPLICAOF")
-        .arg("127.0.0.1")
-        .arg(primary.port)
-        .query(&mut r)
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(20), || {
-        let info: String = redis::cmd("INFO").arg("replication").query(&mut r).unwrap();
-        info.contains("master_link_status:up")
-    }));
-}
-
 fn fast_sweeper() -> Opts {
     Opts::new()
         .module_arg("stale-after-ms")

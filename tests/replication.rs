@@ -9,22 +9,6 @@ use std::time::Duration;
 use common::*;
 use redis::{Connection, Value};
 
-fn replicate(replica: &Server, primary: &Server) {
-    let mut r = replica.conn();
-    let _: () = redis::cmd("REPLICAOF")
-        .arg("127.0.0.1")
-        .arg(primary.port)
-        .query(&mut r)
-        .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            let info: String = redis::cmd("INFO").arg("replication").query(&mut r).unwrap();
-            info.contains("master_link_status:up")
-        }),
-        "replica did not sync"
-    );
-}
-
 fn wait_for_replica(p: &mut Connection) {
     let n: i64 = redis::cmd("WAIT").arg(1).arg(10_000).query(p).unwrap();
     assert_eq!(n, 1, "replica did not acknowledge");

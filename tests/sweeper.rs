@@ -209,19 +209,6 @@ fn claims_respect_older_and_count() {
     assert_eq!(check(&mut c, "new").unwrap()["attempts"], "0");
 }
 
-fn replicate(replica: &Server, primary: &Server) {
-    let mut r = replica.conn();
-    let _: () = redis::cmd("REPLICAOF")
-        .arg("127.0.0.1")
-        .arg(primary.port)
-        .query(&mut r)
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(20), || {
-        let info: String = redis::cmd("INFO").arg("replication").query(&mut r).unwrap();
-        info.contains("master_link_status:up")
-    }));
-}
-
 #[test]
 fn a_replica_shows_flags_and_leases_but_sweeps_only_once_promoted() {
     let primary = Server::with(fast_sweeper());

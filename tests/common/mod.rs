@@ -522,3 +522,20 @@ pub fn assert_same_records(
         );
     }
 }
+
+/// Makes `replica` a replica of `primary` and waits until the link is up.
+pub fn replicate(replica: &Server, primary: &Server) {
+    let mut r = replica.conn();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(primary.port)
+        .query(&mut r)
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let info: String = redis::cmd("INFO").arg("replication").query(&mut r).unwrap();
+            info.contains("master_link_status:up")
+        }),
+        "replica did not sync"
+    );
+}
