@@ -11,7 +11,7 @@
 
 use crate::args::{parse_text, MAX_CONSUMER_LEN, MAX_REASON_LEN, MAX_REF_LEN, MAX_USER_ID_LEN};
 use crate::error::PayError;
-use crate::record::{Lease, Record, Status};
+use crate::record::{Lease, Record, Status, MAX_TIMESTAMP_MS};
 
 pub const VERSION: u8 = 1;
 const FLAG_STALE: u8 = 1;
@@ -85,6 +85,9 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     }
     if created_at < 0 || updated_at < created_at {
         return Err(bad("timestamps out of order"));
+    }
+    if updated_at > MAX_TIMESTAMP_MS {
+        return Err(bad("timestamps beyond year 9999"));
     }
     let user_id = rd.text("user_id", 1, MAX_USER_ID_LEN)?;
     let reason = rd.str_bytes()?;
@@ -226,6 +229,16 @@ mod tests {
         let mut v = good.clone();
         v[1] = Status::Succeeded as u8; // resolved yet leased and stale
         assert!(decode(&v).is_err());
+    }
+
+    #[test]
+    fn timestamps_no_command_could_write_are_refused() {
+        let mut r = full();
+        r.updated_at = MAX_TIMESTAMP_MS + 1;
+        assert_eq!(decode(&encode(&r)), Err(bad("timestamps beyond year 9999")));
+        r.created_at = MAX_TIMESTAMP_MS;
+        r.updated_at = MAX_TIMESTAMP_MS;
+        assert!(decode(&encode(&r)).is_ok());
     }
 
     #[test]

@@ -246,9 +246,15 @@ fn decimal_u64(s: &str) -> Option<u64> {
     }
 }
 
-/// `2024-01-30T12:45:00Z` for a Unix ms timestamp.
+/// The last millisecond RFC 3339 can write (9999-12-31T23:59:59.999Z): no
+/// record holds a later timestamp.
+pub const MAX_TIMESTAMP_MS: i64 = 253_402_300_799_999;
+
+/// `2024-01-30T12:45:00Z` for a Unix ms timestamp. Out-of-range values are
+/// clamped: humantime's formatter fails past year 9999, and `to_string` would
+/// turn that failure into a panic (which kills Redis).
 pub fn rfc3339_seconds(unix_ms: i64) -> String {
-    let ms = u64::try_from(unix_ms).unwrap_or(0);
+    let ms = u64::try_from(unix_ms.clamp(0, MAX_TIMESTAMP_MS)).unwrap_or(0);
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
@@ -398,6 +404,13 @@ mod tests {
         assert_eq!(v["attempts"], 0);
         let text = r.to_json("t");
         assert!(text.starts_with(r#"{"transaction_id":"t","user_id":67890,"status":"pending","amount":1000,"currency":"USD","timestamp":"#));
+    }
+
+    #[test]
+    fn timestamps_beyond_rfc3339_are_clamped_not_a_panic() {
+        assert_eq!(rfc3339_seconds(i64::MAX), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339_seconds(MAX_TIMESTAMP_MS), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339_seconds(-5), "1970-01-01T00:00:00Z");
     }
 
     #[test]

@@ -407,3 +407,50 @@ fn a_storm_of_hostile_commands_changes_nothing_and_never_crashes() {
     assert_eq!(info_field(&mut c, "errors"), COMMANDS as i64);
     assert_index_exact(&mut c, &[0]);
 }
+
+/// A PAY.LOAD blob for a pending record with the given timestamps.
+fn blob(created_at: i64, updated_at: i64) -> Vec<u8> {
+    let mut b = vec![1u8, 0, 0];
+    b.extend_from_slice(b"USD");
+    b.extend_from_slice(&1i64.to_le_bytes());
+    b.extend_from_slice(&created_at.to_le_bytes());
+    b.extend_from_slice(&updated_at.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    for s in [&b"u"[..], b"", b""] {
+        b.extend_from_slice(&(s.len() as u16).to_le_bytes());
+        b.extend_from_slice(s);
+    }
+    b
+}
+
+#[test]
+fn a_forged_record_dated_past_year_9999_is_refused_and_json_never_crashes() {
+    let s = Server::start();
+    let mut c = s.conn();
+    // A record from far in the future: no command could write it.
+    let far = 300_000_000_000_000i64;
+    let e = err(&mut c, redis::cmd("PAY.LOAD").arg("far").arg(blob(1, far)));
+    assert!(
+        e.starts_with("ERR invalid payment record: timestamps beyond year 9999"),
+        "{e}"
+    );
+    assert_eq!(check(&mut c, "far"), None);
+    // The latest timestamp a record may hold still renders.
+    let last = 253_402_300_799_999i64;
+    let _: () = redis::cmd("PAY.LOAD")
+        .arg("last")
+        .arg(blob(last, last))
+        .query(&mut c)
+        .unwrap();
+    let json: String = redis::cmd("PAY.CHECK")
+        .arg("last")
+        .arg("JSON")
+        .query(&mut c)
+        .unwrap();
+    assert!(
+        json.contains(r#""timestamp":"9999-12-31T23:59:59Z""#),
+        "{json}"
+    );
+    let pong: String = redis::cmd("PING").query(&mut c).unwrap();
+    assert_eq!(pong, "PONG");
+}
