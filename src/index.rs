@@ -86,7 +86,8 @@ impl Slot {
 #[derive(Default)]
 pub struct Index {
     slots: Vec<Slot>,
-    db_slot: Vec<u32>,
+    /// Database number -> slot, for the databases in use.
+    db_slot: BTreeMap<i32, u32>,
     next_id: u64,
 }
 
@@ -112,18 +113,20 @@ impl Index {
     pub const fn new() -> Index {
         Index {
             slots: Vec::new(),
-            db_slot: Vec::new(),
+            db_slot: BTreeMap::new(),
             next_id: 0,
         }
     }
 
+    /// The slot of database `db`, made when the database is first used.
     fn slot_of(&mut self, db: i32) -> usize {
-        let db = usize::try_from(db).unwrap_or(0);
-        while self.db_slot.len() <= db {
-            self.db_slot.push(self.slots.len() as u32);
-            self.slots.push(Slot::default());
+        if let Some(&slot) = self.db_slot.get(&db) {
+            return slot as usize;
         }
-        self.db_slot[db] as usize
+        let slot = self.slots.len();
+        self.slots.push(Slot::default());
+        self.db_slot.insert(db, slot as u32);
+        slot
     }
 
     fn live_slot(&mut self, m: Member) -> Option<&mut Slot> {
@@ -214,9 +217,8 @@ impl Index {
     /// SWAPDB a b.
     pub fn swap_db(&mut self, a: i32, b: i32) {
         let (sa, sb) = (self.slot_of(a), self.slot_of(b));
-        let (a, b) = (a.max(0) as usize, b.max(0) as usize);
-        self.db_slot[a] = sb as u32;
-        self.db_slot[b] = sa as u32;
+        self.db_slot.insert(a, sb as u32);
+        self.db_slot.insert(b, sa as u32);
     }
 
     /// FLUSHDB (`db` >= 0) or FLUSHALL (`db` = -1), sync or async alike.
@@ -291,10 +293,10 @@ impl Index {
         first_db: i32,
     ) -> Vec<(i32, Pending)> {
         let mut out = Vec::new();
-        let dbs = self.db_slot.len();
-        let first = usize::try_from(first_db).unwrap_or(0);
-        for db in (0..dbs).map(|i| (first + i) % dbs) {
-            let fresh = &self.slots[self.db_slot[db] as usize].fresh;
+        let from_first = self.db_slot.range(first_db..);
+        let wrapped = self.db_slot.range(..first_db);
+        for (&db, &slot) in from_first.chain(wrapped) {
+            let fresh = &self.slots[slot as usize].fresh;
             for (&(created_at, id), entry) in fresh.range(..=(cutoff, u64::MAX)) {
                 if out.len() >= limit {
                     return out;
@@ -304,7 +306,7 @@ impl Index {
                     id,
                     key: entry.key.clone(),
                 };
-                out.push((db as i32, pending));
+                out.push((db, pending));
             }
         }
         out
@@ -494,6 +496,17 @@ mod tests {
             "a lease runs out at its deadline"
         );
         assert_eq!(keys(&mut ix, None).len(), 2, "listing shows leased records");
+    }
+
+    #[test]
+    fn a_far_database_costs_one_slot() {
+        let mut ix = Index::new();
+        ix.admit(1_000_000_000, b"far", pending(1));
+        assert_eq!(ix.slots.len(), 1);
+        assert_eq!(keys(&mut ix, 1_000_000_000), ["far"]);
+        ix.swap_db(1_000_000_000, 7);
+        assert_eq!(keys(&mut ix, 7), ["far"]);
+        assert_eq!(ix.slots.len(), 2);
     }
 
     #[test]
