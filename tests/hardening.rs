@@ -103,11 +103,7 @@ fn acknowledged_writes_survive_sigkill_with_appendfsync_always() {
 }
 
 fn fast_sweeper() -> Opts {
-    Opts::new()
-        .module_arg("stale-after-ms")
-        .module_arg("300")
-        .module_arg("sweep-interval-ms")
-        .module_arg("50")
+    Opts::sweeper(300, 50)
 }
 
 #[test]

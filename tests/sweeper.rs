@@ -14,11 +14,7 @@ const STALE_MS: u64 = 300;
 const SWEEP_MS: u64 = 50;
 
 fn fast_sweeper() -> Opts {
-    Opts::new()
-        .module_arg("stale-after-ms")
-        .module_arg(&STALE_MS.to_string())
-        .module_arg("sweep-interval-ms")
-        .module_arg(&SWEEP_MS.to_string())
+    Opts::sweeper(STALE_MS, SWEEP_MS)
 }
 
 fn claim(
@@ -76,13 +72,7 @@ fn pending_payments_are_flagged_within_two_sweep_intervals_and_resolved_ones_nev
 
 #[test]
 fn config_set_of_the_interval_applies_at_once() {
-    let s = Server::with(
-        Opts::new()
-            .module_arg("stale-after-ms")
-            .module_arg("100")
-            .module_arg("sweep-interval-ms")
-            .module_arg("3600000"),
-    );
+    let s = Server::with(Opts::sweeper(100, 3_600_000));
     let mut c = s.conn();
     cache(&mut c, "p", "u", 1, "USD");
     std::thread::sleep(Duration::from_millis(300));
@@ -316,19 +306,7 @@ fn a_mass_of_stale_payments_is_flagged_in_bounded_batches() {
     const N: usize = 100_000;
     let s = Server::with(fast_sweeper());
     let mut c = s.conn();
-    let mut pipe = redis::pipe();
-    for i in 0..N {
-        pipe.cmd("PAY.CACHE")
-            .arg(format!("m{i}"))
-            .arg("u")
-            .arg(1)
-            .arg("USD")
-            .ignore();
-        if (i + 1) % 10_000 == 0 {
-            let _: () = pipe.query(&mut c).unwrap();
-            pipe = redis::pipe();
-        }
-    }
+    cache_many(&mut c, "m", N);
     assert_eq!(info_field(&mut c, "records_pending"), N as i64);
     assert!(
         wait_until(Duration::from_secs(60), || info_field(&mut c, "flagged")

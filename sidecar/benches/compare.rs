@@ -16,7 +16,6 @@
 mod common;
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -163,18 +162,13 @@ fn used_memory(c: &mut Connection) -> i64 {
 
 /// Fills a server with `n` records of one layout, pipelined.
 fn fill(c: &mut Connection, n: usize, layout: &str, prefix: &str) {
+    if layout == "module" {
+        return cache_many(c, prefix, n);
+    }
     let mut p = redis::pipe();
     for i in 0..n {
         let key = format!("{prefix}{i}");
         match layout {
-            "module" => {
-                p.cmd("PAY.CACHE")
-                    .arg(&key)
-                    .arg(67890)
-                    .arg(1000)
-                    .arg("USD")
-                    .ignore();
-            }
             "json" => {
                 p.cmd("SET")
                     .arg(&key)
@@ -214,23 +208,6 @@ fn fill(c: &mut Connection, n: usize, layout: &str, prefix: &str) {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-/// Times PINGs from its own connection until stopped; returns the longest.
-fn pinger(s: &Server) -> (Arc<AtomicBool>, thread::JoinHandle<Duration>) {
-    let mut c = s.conn();
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let h = thread::spawn(move || {
-        let mut worst = Duration::ZERO;
-        while !flag.load(Ordering::Relaxed) {
-            let t = Instant::now();
-            let _: String = redis::cmd("PING").query(&mut c).unwrap();
-            worst = worst.max(t.elapsed());
-        }
-        worst
-    });
-    (stop, h)
 }
 
 fn mean_latency(c: &mut Connection, runs: usize, cmd: &redis::Cmd) -> Duration {
@@ -390,13 +367,7 @@ fn main() {
         "\n## 3. Sweep cost ({records} pending payments, {stale} going stale at once)\n"
     )
     .unwrap();
-    let s = Server::with(
-        Opts::new()
-            .module_arg("stale-after-ms")
-            .module_arg("3600000")
-            .module_arg("sweep-interval-ms")
-            .module_arg("100"),
-    );
+    let s = Server::with(Opts::sweeper(3_600_000, 100));
     let mut c = s.conn();
     fill(&mut c, stale, "module", "old:");
     thread::sleep(Duration::from_millis(1500));
@@ -411,7 +382,7 @@ fn main() {
         .unwrap()
         .as_millis() as i64;
     let since_old = (now_ms - gap_middle).max(1);
-    let (stop, h) = pinger(&s);
+    let pinger = Pinger::start(&s);
     thread::sleep(Duration::from_millis(200));
     let t = Instant::now();
     let _: () = redis::cmd("CONFIG")
@@ -425,12 +396,10 @@ fn main() {
     }
     let flag_all = t.elapsed();
     thread::sleep(Duration::from_millis(200));
-    stop.store(true, Ordering::Relaxed);
-    let sweep_stall = h.join().unwrap();
-    let (stop, h) = pinger(&s);
+    let (sweep_stall, _, _) = pinger.finish();
+    let pinger = Pinger::start(&s);
     thread::sleep(Duration::from_millis(200));
-    stop.store(true, Ordering::Relaxed);
-    let idle_stall = h.join().unwrap();
+    let (idle_stall, _, _) = pinger.finish();
     let stuck = mean_latency(
         &mut c,
         2000,
@@ -590,13 +559,7 @@ fn sidecar_throughput() -> Option<(usize, usize, Duration, Duration)> {
     const N: usize = 4000;
     const CONCURRENCY: usize = 16;
     let latency = Duration::from_millis(20);
-    let s = Server::with(
-        Opts::new()
-            .module_arg("stale-after-ms")
-            .module_arg("1")
-            .module_arg("sweep-interval-ms")
-            .module_arg("10"),
-    );
+    let s = Server::with(Opts::sweeper(1, 10));
     let mut c = s.conn();
     let bank = bench_bank(latency);
     for i in 0..N {

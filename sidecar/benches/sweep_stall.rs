@@ -9,8 +9,6 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -18,66 +16,14 @@ use common::*;
 
 const N: usize = 100_000;
 
-/// Times PINGs on their own connection until stopped; returns the worst and
-/// the 99th percentile round trip.
-struct Pinger {
-    stop: Arc<AtomicBool>,
-    handle: thread::JoinHandle<Vec<Duration>>,
-}
-
-impl Pinger {
-    fn start(s: &Server) -> Pinger {
-        let mut c = s.conn();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let handle = thread::spawn(move || {
-            let mut samples = Vec::new();
-            while !flag.load(Ordering::Relaxed) {
-                let t = Instant::now();
-                let _: String = redis::cmd("PING").query(&mut c).unwrap();
-                samples.push(t.elapsed());
-            }
-            samples
-        });
-        Pinger { stop, handle }
-    }
-
-    fn finish(self) -> (Duration, Duration, usize) {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut samples = self.handle.join().unwrap();
-        samples.sort();
-        let n = samples.len();
-        let p99 = samples[(n * 99 / 100).min(n - 1)];
-        (samples[n - 1], p99, n)
-    }
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
 fn main() {
-    let s = Server::with(
-        Opts::new()
-            .module_arg("stale-after-ms")
-            .module_arg("3600000")
-            .module_arg("sweep-interval-ms")
-            .module_arg("100"),
-    );
+    let s = Server::with(Opts::sweeper(3_600_000, 100));
     let mut c = s.conn();
-    let mut pipe = redis::pipe();
-    for i in 0..N {
-        pipe.cmd("PAY.CACHE")
-            .arg(format!("txn:{i}"))
-            .arg(67890)
-            .arg(1000)
-            .arg("USD")
-            .ignore();
-        if (i + 1) % 10_000 == 0 {
-            let _: () = pipe.query(&mut c).unwrap();
-            pipe = redis::pipe();
-        }
-    }
+    cache_many(&mut c, "txn:", N);
     thread::sleep(Duration::from_millis(20));
 
     // 1. Mass staleness: every pending payment goes stale at once.

@@ -16,14 +16,10 @@ use pay_sidecar::standin::Bank;
 
 fn cluster_node() -> Server {
     Server::with(
-        Opts::new()
+        Opts::sweeper(100, 20)
             .config("cluster-enabled", "yes")
             .config("cluster-config-file", "nodes.conf")
-            .config("cluster-node-timeout", "5000")
-            .module_arg("stale-after-ms")
-            .module_arg("100")
-            .module_arg("sweep-interval-ms")
-            .module_arg("20"),
+            .config("cluster-node-timeout", "5000"),
     )
 }
 

@@ -76,13 +76,7 @@ impl Drop for Sidecar {
 
 /// Payments go stale 100 ms after creation; the sweeper looks every 20 ms.
 fn redis() -> Server {
-    Server::with(
-        Opts::new()
-            .module_arg("stale-after-ms")
-            .module_arg("100")
-            .module_arg("sweep-interval-ms")
-            .module_arg("20"),
-    )
+    Server::with(Opts::sweeper(100, 20))
 }
 
 fn pending_count(c: &mut Connection) -> i64 {
@@ -224,16 +218,7 @@ fn with_30_percent_of_provider_calls_failing_1000_payments_all_resolve_once() {
         Duration::from_millis(1200),
         3,
     );
-    let mut pipe = redis::pipe();
-    for i in 0..N {
-        pipe.cmd("PAY.CACHE")
-            .arg(format!("txn:{i}"))
-            .arg("u")
-            .arg(1000)
-            .arg("USD")
-            .ignore();
-    }
-    let _: () = pipe.query(&mut c).unwrap();
+    cache_many(&mut c, "txn:", N);
     let sidecar = Sidecar::start(
         &s,
         &bank.url,
@@ -289,16 +274,7 @@ fn two_sidecars_one_killed_mid_round_still_resolve_everything_once() {
         Duration::from_millis(1200),
         4,
     );
-    let mut pipe = redis::pipe();
-    for i in 0..N {
-        pipe.cmd("PAY.CACHE")
-            .arg(format!("txn:{i}"))
-            .arg("u")
-            .arg(1000)
-            .arg("USD")
-            .ignore();
-    }
-    let _: () = pipe.query(&mut c).unwrap();
+    cache_many(&mut c, "txn:", N);
     let extra = [
         "--concurrency",
         "8",

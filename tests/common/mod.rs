@@ -62,6 +62,16 @@ impl Opts {
         self
     }
 
+    /// The sweeper's settings as module arguments: pending payments go stale
+    /// after `stale_ms`, and the timer looks every `sweep_ms`.
+    pub fn sweeper(stale_ms: u64, sweep_ms: u64) -> Opts {
+        Opts::new()
+            .module_arg("stale-after-ms")
+            .module_arg(&stale_ms.to_string())
+            .module_arg("sweep-interval-ms")
+            .module_arg(&sweep_ms.to_string())
+    }
+
     pub fn without_module(mut self) -> Opts {
         self.skip_module = true;
         self
@@ -538,4 +548,58 @@ pub fn replicate(replica: &Server, primary: &Server) {
         }),
         "replica did not sync"
     );
+}
+
+/// Creates payments `{prefix}0` .. `{prefix}{n-1}` (user 67890, 10.00 USD),
+/// pipelined in batches of 10,000.
+pub fn cache_many(c: &mut Connection, prefix: &str, n: usize) {
+    let mut pipe = redis::pipe();
+    for i in 0..n {
+        pipe.cmd("PAY.CACHE")
+            .arg(format!("{prefix}{i}"))
+            .arg(67890)
+            .arg(1000)
+            .arg("USD")
+            .ignore();
+        if (i + 1) % 10_000 == 0 || i + 1 == n {
+            let _: () = pipe.query(c).unwrap();
+            pipe = redis::pipe();
+        }
+    }
+}
+
+/// Times PINGs on a connection of its own until finished: what a client sees
+/// of the event loop while something else runs.
+pub struct Pinger {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<Vec<Duration>>,
+}
+
+impl Pinger {
+    pub fn start(s: &Server) -> Pinger {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let mut c = s.conn();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let _: String = redis::cmd("PING").query(&mut c).unwrap();
+                samples.push(t.elapsed());
+            }
+            samples
+        });
+        Pinger { stop, handle }
+    }
+
+    /// (longest, 99th percentile, number of PINGs)
+    pub fn finish(self) -> (Duration, Duration, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut samples = self.handle.join().unwrap();
+        samples.sort();
+        let n = samples.len();
+        let p99 = samples[(n * 99 / 100).min(n - 1)];
+        (samples[n - 1], p99, n)
+    }
 }
