@@ -11,7 +11,7 @@
 
 use crate::args::{parse_text, MAX_CONSUMER_LEN, MAX_REASON_LEN, MAX_REF_LEN, MAX_USER_ID_LEN};
 use crate::error::PayError;
-use crate::record::{Lease, Record, Status, MAX_TIMESTAMP_MS};
+use crate::record::{Lease, Record, Status, Text, MAX_TIMESTAMP_MS};
 
 pub const VERSION: u8 = 1;
 const FLAG_STALE: u8 = 1;
@@ -23,7 +23,8 @@ pub fn encode(r: &Record) -> Vec<u8> {
     if r.stale {
         flags |= FLAG_STALE;
     }
-    if r.lease.is_some() {
+    let lease = r.lease();
+    if lease.is_some() {
         flags |= FLAG_LEASED;
     }
     out.push(VERSION);
@@ -34,11 +35,12 @@ pub fn encode(r: &Record) -> Vec<u8> {
     out.extend_from_slice(&r.created_at.to_le_bytes());
     out.extend_from_slice(&r.updated_at.to_le_bytes());
     out.extend_from_slice(&r.attempts.to_le_bytes());
-    put_str(&mut out, &r.user_id);
-    put_str(&mut out, &r.reason);
-    put_str(&mut out, &r.provider_ref);
-    if let Some(lease) = &r.lease {
-        put_str(&mut out, &lease.owner);
+    let text = r.text();
+    put_str(&mut out, text.user_id);
+    put_str(&mut out, text.reason);
+    put_str(&mut out, text.provider_ref);
+    if let Some(lease) = lease {
+        put_str(&mut out, lease.owner);
         out.extend_from_slice(&lease.until.to_le_bytes());
     }
     out
@@ -61,7 +63,8 @@ impl std::fmt::Display for DecodeError {
     }
 }
 
-pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+/// The record stored under `key`.
+pub fn decode(key: &[u8], bytes: &[u8]) -> Result<Record, DecodeError> {
     let mut rd = Reader { bytes };
     let version = rd.u8()?;
     if version != VERSION {
@@ -99,10 +102,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     let lease = if flags & FLAG_LEASED != 0 {
         let owner = rd.text("lease owner", 1, MAX_CONSUMER_LEN)?;
         let until = i64::from_le_bytes(rd.array()?);
-        Some(Box::new(Lease {
-            owner: owner.into(),
-            until,
-        }))
+        Some(Lease { owner, until })
     } else {
         None
     };
@@ -112,19 +112,20 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     if status.is_terminal() && (lease.is_some() || flags & FLAG_STALE != 0) {
         return Err(bad("a resolved payment cannot be stale or leased"));
     }
-    Ok(Record {
-        user_id: user_id.into(),
-        amount,
-        currency,
-        status,
-        stale: flags & FLAG_STALE != 0,
-        created_at,
-        updated_at,
-        attempts,
-        reason: reason.into(),
-        provider_ref: provider_ref.into(),
-        lease,
-    })
+    let text = Text {
+        key,
+        user_id,
+        reason,
+        provider_ref,
+        lease_owner: lease.map_or("", |l| l.owner),
+    };
+    let lease_until = lease.map_or(0, |l| l.until);
+    let mut r = Record::with_text(text, lease_until, amount, currency, created_at);
+    r.status = status;
+    r.stale = flags & FLAG_STALE != 0;
+    r.updated_at = updated_at;
+    r.attempts = attempts;
+    Ok(r)
 }
 
 fn bad(what: &str) -> DecodeError {
@@ -177,38 +178,49 @@ mod tests {
     use super::*;
 
     fn full() -> Record {
-        let mut r = Record::new("67890", 1000, *b"USD", 1_706_618_700_000);
+        let created = 1_706_618_700_000;
+        let text = Text {
+            key: b"txn_1",
+            user_id: "67890",
+            reason: "bank timeout: é",
+            provider_ref: "",
+            lease_owner: "worker-1",
+        };
+        let mut r = Record::with_text(text, created + 30_000, 1000, *b"USD", created);
         r.stale = true;
         r.attempts = 3;
         r.updated_at += 5;
-        r.reason = "bank timeout: é".into();
-        r.lease = Some(Box::new(Lease {
-            owner: "worker-1".into(),
-            until: r.created_at + 30_000,
-        }));
         r
     }
 
     #[test]
     fn round_trips_every_field() {
-        for r in [full(), Record::new("u", 0, *b"EUR", 0)] {
-            assert_eq!(decode(&encode(&r)), Ok(r));
+        for r in [full(), Record::new(b"k", "u", 0, *b"EUR", 0)] {
+            assert_eq!(decode(r.key(), &encode(&r)), Ok(r));
         }
-        let mut done = Record::new("u", i64::MAX, *b"JPY", 1);
+        let text = Text {
+            key: b"k",
+            user_id: "u",
+            provider_ref: "ch_1",
+            ..Text::default()
+        };
+        let mut done = Record::with_text(text, 0, i64::MAX, *b"JPY", 1);
         done.status = Status::Failed;
-        done.provider_ref = "ch_1".into();
-        assert_eq!(decode(&encode(&done)), Ok(done));
+        assert_eq!(decode(b"k", &encode(&done)), Ok(done));
     }
 
     #[test]
     fn every_truncation_is_an_error() {
         let bytes = encode(&full());
         for n in 0..bytes.len() {
-            assert!(decode(&bytes[..n]).is_err(), "prefix of {n} bytes decoded");
+            assert!(
+                decode(b"k", &bytes[..n]).is_err(),
+                "prefix of {n} bytes decoded"
+            );
         }
         let mut longer = bytes.clone();
         longer.push(0);
-        assert_eq!(decode(&longer), Err(bad("trailing bytes")));
+        assert_eq!(decode(b"k", &longer), Err(bad("trailing bytes")));
     }
 
     #[test]
@@ -216,29 +228,32 @@ mod tests {
         let good = encode(&full());
         let mut v = good.clone();
         v[0] = 9;
-        assert!(decode(&v).is_err());
+        assert!(decode(b"k", &v).is_err());
         let mut v = good.clone();
         v[1] = 7;
-        assert!(decode(&v).is_err());
+        assert!(decode(b"k", &v).is_err());
         let mut v = good.clone();
         v[3] = b'u';
-        assert!(decode(&v).is_err());
+        assert!(decode(b"k", &v).is_err());
         let mut v = good.clone();
         v[6 + 7] = 0x80; // amount's sign bit
-        assert!(decode(&v).is_err());
+        assert!(decode(b"k", &v).is_err());
         let mut v = good.clone();
         v[1] = Status::Succeeded as u8; // resolved yet leased and stale
-        assert!(decode(&v).is_err());
+        assert!(decode(b"k", &v).is_err());
     }
 
     #[test]
     fn timestamps_no_command_could_write_are_refused() {
         let mut r = full();
         r.updated_at = MAX_TIMESTAMP_MS + 1;
-        assert_eq!(decode(&encode(&r)), Err(bad("timestamps beyond year 9999")));
+        assert_eq!(
+            decode(b"k", &encode(&r)),
+            Err(bad("timestamps beyond year 9999"))
+        );
         r.created_at = MAX_TIMESTAMP_MS;
         r.updated_at = MAX_TIMESTAMP_MS;
-        assert!(decode(&encode(&r)).is_ok());
+        assert!(decode(b"k", &encode(&r)).is_ok());
     }
 
     #[test]
@@ -248,7 +263,7 @@ mod tests {
             for b in [0u8, 1, 0x7f, 0x80, 0xff] {
                 let mut v = good.clone();
                 v[i] = b;
-                let _ = decode(&v);
+                let _ = decode(b"k", &v);
             }
         }
     }

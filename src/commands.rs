@@ -38,7 +38,7 @@ pub fn cache(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         Some(p) => match p.rec.check_same_terms(a.user_id, a.amount, a.currency) {
             Ok(()) => {
                 stats::DUPLICATES.incr();
-                reply_record(ctx, a.key, &p.rec, Some("duplicate"));
+                reply_record(ctx, &p.rec, Some("duplicate"));
                 Ok(RedisValue::NoReply)
             }
             Err(e) => {
@@ -50,7 +50,7 @@ pub fn cache(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             let now = now_ms();
             let ttl_ms = a.ttl_secs.unwrap_or_else(|| config::DEFAULT_TTL.get()) * 1000;
             let expire_at = now.saturating_add(ttl_ms);
-            let rec = Record::new(a.user_id, a.amount, a.currency, now);
+            let rec = Record::new(a.key, a.user_id, a.amount, a.currency, now);
             let member = index().admit(selected_db(ctx), a.key, store::facts(&rec));
             key.set(Payment { rec, member }).map_err(fail)?;
             key.expire_at(expire_at);
@@ -59,7 +59,7 @@ pub fn cache(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             };
             publish(ctx, name, &p.rec, Some(expire_at), "pay.cache");
             stats::CREATED.incr();
-            reply_record(ctx, a.key, &p.rec, Some("created"));
+            reply_record(ctx, &p.rec, Some("created"));
             Ok(RedisValue::NoReply)
         }
     }
@@ -72,11 +72,9 @@ pub fn check(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let key = PayKey::open(ctx, key_arg(&args)?, false);
     match key.payment().map_err(fail)? {
         None => Ok(RedisValue::Null),
-        Some(p) if a.json => Ok(RedisValue::BulkString(
-            p.rec.to_json(&String::from_utf8_lossy(a.key)),
-        )),
+        Some(p) if a.json => Ok(RedisValue::BulkString(p.rec.to_json())),
         Some(p) => {
-            reply_record(ctx, a.key, &p.rec, None);
+            reply_record(ctx, &p.rec, None);
             Ok(RedisValue::NoReply)
         }
     }
@@ -100,7 +98,7 @@ pub fn update(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             stats::UPDATES.incr();
         }
     }
-    reply_record(ctx, a.key, &p.rec, None);
+    reply_record(ctx, &p.rec, None);
     Ok(RedisValue::NoReply)
 }
 
@@ -132,7 +130,7 @@ pub fn stuck(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 Ok(Some(p)) if p.member.id == entry.id && !p.rec.status.is_terminal() => {
                     if let Some(claim) = &a.claim {
                         let before = p.facts();
-                        if p.rec.lease.is_some() {
+                        if p.rec.lease().is_some() {
                             stats::LEASES_EXPIRED.incr();
                         }
                         p.rec.claim(claim.consumer, now, claim.lease_ms);
@@ -140,7 +138,7 @@ pub fn stuck(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                         publish(ctx, &name, &p.rec, None, "pay.claim");
                         stats::CLAIMS.incr();
                     }
-                    reply_record(ctx, &entry.key, &p.rec, None);
+                    reply_record(ctx, &p.rec, None);
                     sent += 1;
                 }
                 // Expired just now (opening the key deleted it, and the free
@@ -159,7 +157,7 @@ pub fn stuck(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 pub fn load(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let argv = argv(&args);
     let a = args::parse_load(&argv).map_err(fail)?;
-    let rec = codec::decode(a.blob).map_err(|e| fail(PayError::arg(e.to_string())))?;
+    let rec = codec::decode(a.key, a.blob).map_err(|e| fail(PayError::arg(e.to_string())))?;
     let name = key_arg(&args)?;
     let key = PayKey::open(ctx, name, true);
     match key.payment().map_err(fail)? {
@@ -184,7 +182,7 @@ pub fn load(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 }
 
 /// One record as a map (RESP3) or a flat field/value array (RESP2).
-fn reply_record(ctx: &Context, key: &[u8], r: &Record, outcome: Option<&str>) {
+fn reply_record(ctx: &Context, r: &Record, outcome: Option<&str>) {
     let c = ctx.ctx;
     let bulk = |s: &[u8]| {
         raw::reply_with_string_buffer(c, s.as_ptr().cast::<c_char>(), s.len());
@@ -198,12 +196,11 @@ fn reply_record(ctx: &Context, key: &[u8], r: &Record, outcome: Option<&str>) {
         bulk(b"outcome");
         bulk(o.as_bytes());
     }
-    let lease_owner = r.lease.as_ref().map_or("", |l| &l.owner);
-    let lease_until = r.lease.as_ref().map_or(0, |l| l.until);
+    let text = r.text();
     bulk(b"transaction_id");
-    bulk(key);
+    bulk(text.key);
     bulk(b"user_id");
-    bulk(r.user_id.as_bytes());
+    bulk(text.user_id.as_bytes());
     bulk(b"amount");
     int(r.amount);
     bulk(b"currency");
@@ -219,11 +216,11 @@ fn reply_record(ctx: &Context, key: &[u8], r: &Record, outcome: Option<&str>) {
     bulk(b"stale");
     int(i64::from(r.stale));
     bulk(b"reason");
-    bulk(r.reason.as_bytes());
+    bulk(text.reason.as_bytes());
     bulk(b"provider_ref");
-    bulk(r.provider_ref.as_bytes());
+    bulk(text.provider_ref.as_bytes());
     bulk(b"lease_owner");
-    bulk(lease_owner.as_bytes());
+    bulk(text.lease_owner.as_bytes());
     bulk(b"lease_until");
-    int(lease_until);
+    int(r.lease().map_or(0, |l| l.until));
 }

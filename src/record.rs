@@ -42,30 +42,97 @@ impl Status {
 }
 
 /// A retry worker's claim on a pending payment.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Lease {
-    pub owner: Box<str>,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease<'a> {
+    pub owner: &'a str,
     /// Unix ms at which the lease runs out.
     pub until: i64,
 }
 
-/// One payment. Strings are boxed slices: a record is mostly read, rarely grown.
+/// The variable-length fields of a record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Text<'a> {
+    /// The transaction id: the key the record lives under.
+    pub key: &'a [u8],
+    pub user_id: &'a str,
+    pub reason: &'a str,
+    pub provider_ref: &'a str,
+    /// The lease holder; empty when no lease is held.
+    pub lease_owner: &'a str,
+}
+
+/// One payment, in 64 bytes plus one allocation for its text: a million
+/// pending payments must cost as little memory as a string per key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
-    pub user_id: Box<str>,
-    /// Minor units (1000 = 10.00).
-    pub amount: i64,
-    /// ISO 4217 letters, upper-case.
-    pub currency: [u8; 3],
+    /// user_id, reason, provider_ref, lease owner and key, end to end.
+    text: Box<[u8]>,
+    user_id_len: u8,
+    reason_len: u16,
+    ref_len: u8,
+    owner_len: u8,
     pub status: Status,
     pub stale: bool,
+    /// ISO 4217 letters, upper-case.
+    pub currency: [u8; 3],
+    pub attempts: u32,
+    /// Minor units (1000 = 10.00).
+    pub amount: i64,
     /// Unix ms, chosen once on the primary.
     pub created_at: i64,
     pub updated_at: i64,
-    pub attempts: u32,
-    pub reason: Box<str>,
-    pub provider_ref: Box<str>,
-    pub lease: Option<Box<Lease>>,
+    /// When the lease runs out (Unix ms); meaningful while a lease is held.
+    lease_until: i64,
+}
+
+/// Text packed for a record: the bytes and the lengths of its fields.
+struct Packed {
+    text: Box<[u8]>,
+    /// user_id, provider_ref and lease owner.
+    short_lens: [u8; 3],
+    reason_len: u16,
+}
+
+impl Packed {
+    fn new(t: Text<'_>) -> Packed {
+        let user_id = fit(t.user_id, u8::MAX.into());
+        let reason = fit(t.reason, u16::MAX.into());
+        let provider_ref = fit(t.provider_ref, u8::MAX.into());
+        let owner = fit(t.lease_owner, u8::MAX.into());
+        let mut text = Vec::with_capacity(
+            user_id.len() + reason.len() + provider_ref.len() + owner.len() + t.key.len(),
+        );
+        for part in [user_id, reason, provider_ref, owner] {
+            text.extend_from_slice(part.as_bytes());
+        }
+        text.extend_from_slice(t.key);
+        // Each length was fitted to its field's width just above.
+        let short = |s: &str| u8::try_from(s.len()).unwrap_or(u8::MAX);
+        Packed {
+            text: text.into_boxed_slice(),
+            short_lens: [short(user_id), short(provider_ref), short(owner)],
+            reason_len: u16::try_from(reason.len()).unwrap_or(u16::MAX),
+        }
+    }
+}
+
+/// Cuts the next `n` bytes of packed text off `rest`, as the &str they were
+/// when packed.
+fn cut<'a>(rest: &mut &'a [u8], n: usize) -> &'a str {
+    let (head, tail) = rest.split_at(n.min(rest.len()));
+    *rest = tail;
+    std::str::from_utf8(head).unwrap_or_default()
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character
+/// boundary. The parsers keep every field within its length byte; this only
+/// guards the packing against a caller that did not.
+fn fit(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// What PAY.UPDATE asks for.
@@ -85,20 +152,115 @@ pub enum Applied {
 }
 
 impl Record {
-    pub fn new(user_id: &str, amount: i64, currency: [u8; 3], now: i64) -> Record {
-        Record {
-            user_id: user_id.into(),
+    /// A new pending record.
+    pub fn new(key: &[u8], user_id: &str, amount: i64, currency: [u8; 3], now: i64) -> Record {
+        let text = Text {
+            key,
+            user_id,
+            ..Text::default()
+        };
+        Record::with_text(text, 0, amount, currency, now)
+    }
+
+    /// A pending record with all its text; `lease_until` counts only when
+    /// `text` names a lease owner.
+    pub fn with_text(
+        text: Text<'_>,
+        lease_until: i64,
+        amount: i64,
+        currency: [u8; 3],
+        created_at: i64,
+    ) -> Record {
+        let mut r = Record {
+            text: Box::default(),
+            user_id_len: 0,
+            reason_len: 0,
+            ref_len: 0,
+            owner_len: 0,
             amount,
             currency,
             status: Status::Pending,
             stale: false,
-            created_at: now,
-            updated_at: now,
+            created_at,
+            updated_at: created_at,
             attempts: 0,
-            reason: "".into(),
-            provider_ref: "".into(),
-            lease: None,
+            lease_until: 0,
+        };
+        r.set_text(text);
+        if r.owner_len > 0 {
+            r.lease_until = lease_until;
         }
+        r
+    }
+
+    /// The variable-length fields, borrowed.
+    pub fn text(&self) -> Text<'_> {
+        let mut rest = &self.text[..];
+        let user_id = cut(&mut rest, usize::from(self.user_id_len));
+        let reason = cut(&mut rest, usize::from(self.reason_len));
+        let provider_ref = cut(&mut rest, usize::from(self.ref_len));
+        let lease_owner = cut(&mut rest, usize::from(self.owner_len));
+        Text {
+            key: rest,
+            user_id,
+            reason,
+            provider_ref,
+            lease_owner,
+        }
+    }
+
+    /// Replaces the variable-length fields with one new allocation.
+    pub fn set_text(&mut self, t: Text<'_>) {
+        self.install(Packed::new(t));
+    }
+
+    fn install(&mut self, p: Packed) {
+        self.text = p.text;
+        [self.user_id_len, self.ref_len, self.owner_len] = p.short_lens;
+        self.reason_len = p.reason_len;
+    }
+
+    /// The transaction id (the key).
+    pub fn key(&self) -> &[u8] {
+        self.text().key
+    }
+
+    /// Follows the record to a new key (RENAME, COPY).
+    pub fn set_key(&mut self, key: &[u8]) {
+        if self.key() != key {
+            self.install(Packed::new(Text { key, ..self.text() }));
+        }
+    }
+
+    pub fn user_id(&self) -> &str {
+        self.text().user_id
+    }
+
+    pub fn reason(&self) -> &str {
+        self.text().reason
+    }
+
+    pub fn provider_ref(&self) -> &str {
+        self.text().provider_ref
+    }
+
+    /// The lease, if one was granted (live or run out).
+    pub fn lease(&self) -> Option<Lease<'_>> {
+        let owner = self.text().lease_owner;
+        (!owner.is_empty()).then_some(Lease {
+            owner,
+            until: self.lease_until,
+        })
+    }
+
+    /// Grants (`Some`) or drops (`None`) the lease. An owner is never empty.
+    pub fn set_lease(&mut self, lease: Option<Lease<'_>>) {
+        let (owner, until) = lease.map_or(("", 0), |l| (l.owner, l.until));
+        self.install(Packed::new(Text {
+            lease_owner: owner,
+            ..self.text()
+        }));
+        self.lease_until = if owner.is_empty() { 0 } else { until };
     }
 
     pub fn currency_str(&self) -> &str {
@@ -114,7 +276,7 @@ impl Record {
         currency: [u8; 3],
     ) -> Result<(), PayError> {
         let mut differ = Vec::new();
-        if &*self.user_id != user_id {
+        if self.user_id() != user_id {
             differ.push("user_id");
         }
         if self.amount != amount {
@@ -141,15 +303,21 @@ impl Record {
             (from, to) if from.is_terminal() => Err(PayError::Transition { from, to }),
             (_, to) => {
                 self.status = to;
-                if let Some(reason) = update.reason {
-                    self.reason = reason.into();
+                let resolved = to.is_terminal();
+                let old = self.text();
+                let text = Text {
+                    reason: update.reason.unwrap_or(old.reason),
+                    provider_ref: update.provider_ref.unwrap_or(old.provider_ref),
+                    // Resolved: no worker holds it any more.
+                    lease_owner: if resolved { "" } else { old.lease_owner },
+                    ..old
+                };
+                if text != old {
+                    self.install(Packed::new(text));
                 }
-                if let Some(reference) = update.provider_ref {
-                    self.provider_ref = reference.into();
-                }
-                if to.is_terminal() {
-                    // Resolved: no retry is due, and no worker holds it any more.
-                    self.lease = None;
+                if resolved {
+                    // No retry is due.
+                    self.lease_until = 0;
                     self.stale = false;
                 }
                 self.updated_at = self.updated_at.max(now);
@@ -161,8 +329,8 @@ impl Record {
     /// Leases the record to `consumer` for `lease_ms` from `now`, counting an
     /// attempt. The caller has checked that no live lease is held.
     pub fn claim(&mut self, consumer: &str, now: i64, lease_ms: i64) {
-        self.lease = Some(Box::new(Lease {
-            owner: consumer.into(),
+        self.set_lease(Some(Lease {
+            owner: consumer,
             until: now.saturating_add(lease_ms),
         }));
         self.attempts = self.attempts.saturating_add(1);
@@ -170,22 +338,16 @@ impl Record {
 
     /// Whether a live lease (one that has not run out at `now`) is held.
     pub fn leased_at(&self, now: i64) -> bool {
-        self.lease.as_ref().is_some_and(|l| l.until > now)
+        self.lease().is_some_and(|l| l.until > now)
     }
 
     /// Heap bytes owned by the record (for MEMORY USAGE).
     pub fn heap_size(&self) -> usize {
-        self.user_id.len()
-            + self.reason.len()
-            + self.provider_ref.len()
-            + self
-                .lease
-                .as_ref()
-                .map_or(0, |l| std::mem::size_of::<Lease>() + l.owner.len())
+        self.text.len()
     }
 
     /// The JSON shape the payment service already knows, then the other fields.
-    pub fn to_json(&self, transaction_id: &str) -> String {
+    pub fn to_json(&self) -> String {
         #[derive(Serialize)]
         #[serde(untagged)]
         enum UserId<'a> {
@@ -209,12 +371,13 @@ impl Record {
             lease_owner: &'a str,
             lease_until: i64,
         }
-        let user_id = match decimal_u64(&self.user_id) {
+        let text = self.text();
+        let user_id = match decimal_u64(text.user_id) {
             Some(n) => UserId::Number(n),
-            None => UserId::Text(&self.user_id),
+            None => UserId::Text(text.user_id),
         };
         let json = Json {
-            transaction_id,
+            transaction_id: &String::from_utf8_lossy(text.key),
             user_id,
             status: self.status.as_str(),
             amount: self.amount,
@@ -224,10 +387,10 @@ impl Record {
             updated_at: self.updated_at,
             attempts: self.attempts,
             stale: self.stale,
-            reason: &self.reason,
-            provider_ref: &self.provider_ref,
-            lease_owner: self.lease.as_ref().map_or("", |l| &l.owner),
-            lease_until: self.lease.as_ref().map_or(0, |l| l.until),
+            reason: text.reason,
+            provider_ref: text.provider_ref,
+            lease_owner: text.lease_owner,
+            lease_until: self.lease().map_or(0, |l| l.until),
         };
         // Serializing plain strings and integers cannot fail.
         serde_json::to_string(&json).unwrap_or_default()
@@ -263,7 +426,7 @@ mod tests {
     use super::*;
 
     fn pending() -> Record {
-        Record::new("67890", 1000, *b"USD", 1_706_618_700_000)
+        Record::new(b"txn_12345", "67890", 1000, *b"USD", 1_706_618_700_000)
     }
 
     #[test]
@@ -295,8 +458,8 @@ mod tests {
     #[test]
     fn pending_to_pending_records_reason_and_keeps_lease() {
         let mut r = pending();
-        r.lease = Some(Box::new(Lease {
-            owner: "w1".into(),
+        r.set_lease(Some(Lease {
+            owner: "w1",
             until: r.created_at + 5000,
         }));
         let upd = Update {
@@ -305,9 +468,11 @@ mod tests {
             provider_ref: None,
         };
         assert_eq!(r.apply(&upd, r.created_at + 10), Ok(Applied::Changed));
-        assert_eq!(&*r.reason, "bank timeout");
+        assert_eq!(r.reason(), "bank timeout");
         assert_eq!(r.status, Status::Pending);
-        assert!(r.lease.is_some());
+        assert_eq!(r.lease().map(|l| l.owner), Some("w1"));
+        assert_eq!(r.user_id(), "67890");
+        assert_eq!(r.key(), b"txn_12345");
         assert_eq!(r.updated_at, r.created_at + 10);
     }
 
@@ -315,8 +480,8 @@ mod tests {
     fn resolving_ends_lease_and_stale_flag() {
         let mut r = pending();
         r.stale = true;
-        r.lease = Some(Box::new(Lease {
-            owner: "w1".into(),
+        r.set_lease(Some(Lease {
+            owner: "w1",
             until: i64::MAX,
         }));
         let upd = Update {
@@ -326,8 +491,9 @@ mod tests {
         };
         assert_eq!(r.apply(&upd, r.created_at + 1), Ok(Applied::Changed));
         assert_eq!(r.status, Status::Succeeded);
-        assert_eq!(&*r.provider_ref, "ch_1");
-        assert!(r.lease.is_none());
+        assert_eq!(r.provider_ref(), "ch_1");
+        assert!(r.lease().is_none());
+        assert!(!r.leased_at(0));
         assert!(!r.stale);
     }
 
@@ -379,6 +545,37 @@ mod tests {
     }
 
     #[test]
+    fn a_record_is_64_bytes_and_its_text_survives_every_edit() {
+        assert_eq!(std::mem::size_of::<Record>(), 64);
+        let mut r = pending();
+        r.set_lease(Some(Lease {
+            owner: "wörker",
+            until: 7,
+        }));
+        r.set_key(b"renamed:\xff");
+        let upd = Update {
+            status: Status::Pending,
+            reason: Some("timeout é"),
+            provider_ref: Some("ch_9"),
+        };
+        r.apply(&upd, r.created_at).unwrap();
+        let expect = Text {
+            key: b"renamed:\xff",
+            user_id: "67890",
+            reason: "timeout é",
+            provider_ref: "ch_9",
+            lease_owner: "wörker",
+        };
+        assert_eq!(r.text(), expect);
+        assert_eq!(r.lease().map(|l| l.until), Some(7));
+        assert_eq!(r.heap_size(), 9 + 5 + 10 + 4 + 7);
+        r.set_lease(None);
+        assert_eq!(r.lease(), None);
+        assert_eq!(r.text().key, b"renamed:\xff");
+        assert_eq!(r.text().provider_ref, "ch_9");
+    }
+
+    #[test]
     fn claim_leases_and_counts_an_attempt() {
         let mut r = pending();
         let t = r.created_at;
@@ -388,13 +585,13 @@ mod tests {
         assert!(!r.leased_at(t + 1000));
         r.claim("w2", t + 1000, 1000);
         assert_eq!(r.attempts, 2);
-        assert_eq!(&*r.lease.as_ref().unwrap().owner, "w2");
+        assert_eq!(r.lease().map(|l| l.owner), Some("w2"));
     }
 
     #[test]
     fn json_has_the_service_shape() {
         let r = pending();
-        let v: serde_json::Value = serde_json::from_str(&r.to_json("txn_12345")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(v["transaction_id"], "txn_12345");
         assert_eq!(v["user_id"], 67890);
         assert_eq!(v["status"], "pending");
@@ -402,8 +599,8 @@ mod tests {
         assert_eq!(v["currency"], "USD");
         assert_eq!(v["timestamp"], "2024-01-30T12:45:00Z");
         assert_eq!(v["attempts"], 0);
-        let text = r.to_json("t");
-        assert!(text.starts_with(r#"{"transaction_id":"t","user_id":67890,"status":"pending","amount":1000,"currency":"USD","timestamp":"#));
+        let text = r.to_json();
+        assert!(text.starts_with(r#"{"transaction_id":"txn_12345","user_id":67890,"status":"pending","amount":1000,"currency":"USD","timestamp":"#));
     }
 
     #[test]
@@ -425,8 +622,8 @@ mod tests {
             ),
             ("say \"hi\"", serde_json::json!("say \"hi\"")),
         ] {
-            let r = Record::new(uid, 1, *b"EUR", 0);
-            let v: serde_json::Value = serde_json::from_str(&r.to_json("k")).unwrap();
+            let r = Record::new(b"k", uid, 1, *b"EUR", 0);
+            let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
             assert_eq!(v["user_id"], expect, "user_id {uid}");
         }
     }

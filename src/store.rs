@@ -45,7 +45,7 @@ pub fn facts(r: &Record) -> Facts {
         created_at: r.created_at,
         status: r.status,
         stale: r.stale,
-        lease_until: r.lease.as_ref().map_or(0, |l| l.until),
+        lease_until: r.lease().map_or(0, |l| l.until),
     }
 }
 
@@ -184,7 +184,13 @@ unsafe extern "C" fn rdb_load(io: *mut raw::RedisModuleIO, encver: c_int) -> *mu
     let Ok(buffer) = raw::load_string_buffer(io) else {
         return std::ptr::null_mut();
     };
-    let rec = match codec::decode(buffer.as_ref()) {
+    let name = rm!(RedisModule_GetKeyNameFromIO(io));
+    let key = if name.is_null() {
+        &[][..]
+    } else {
+        RedisString::string_as_slice(name)
+    };
+    let rec = match codec::decode(key, buffer.as_ref()) {
         Ok(rec) => rec,
         Err(e) => {
             logging::log_io_error(
@@ -194,12 +200,6 @@ unsafe extern "C" fn rdb_load(io: *mut raw::RedisModuleIO, encver: c_int) -> *mu
             );
             return std::ptr::null_mut();
         }
-    };
-    let name = rm!(RedisModule_GetKeyNameFromIO(io));
-    let key = if name.is_null() {
-        &[][..]
-    } else {
-        RedisString::string_as_slice(name)
     };
     let db = rm!(RedisModule_GetDbIdFromIO(io));
     let member = index().admit(db, key, facts(&rec));
@@ -280,7 +280,8 @@ unsafe extern "C" fn copy2(
     let to_key = RedisString::string_as_slice(rm!(RedisModule_GetToKeyNameFromOptCtx(ctx)));
     let to_db = rm!(RedisModule_GetToDbIdFromOptCtx(ctx));
     SOURCE_DB.store(rm!(RedisModule_GetDbIdFromOptCtx(ctx)), Ordering::Relaxed);
-    let rec = p.rec.clone();
+    let mut rec = p.rec.clone();
+    rec.set_key(to_key);
     let member = index().admit(to_db, to_key, facts(&rec));
     Box::into_raw(Box::new(Payment { rec, member })).cast()
 }
@@ -306,6 +307,7 @@ pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[
             let db = selected_db(ctx);
             let k = PayKey::open(ctx, &name, false);
             if let Ok(Some(p)) = k.payment() {
+                p.rec.set_key(key);
                 let f = p.facts();
                 let member = index().relocate(p.member, f, db, key);
                 p.member = member;
