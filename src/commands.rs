@@ -2,6 +2,7 @@
 //! and reply. The logic lives in the pure modules; this is the glue.
 
 use std::ffi::{c_char, c_long};
+use std::ptr;
 
 use redis_module::{raw, Context, NotifyEvent, RedisError, RedisResult, RedisString, RedisValue};
 
@@ -51,8 +52,8 @@ pub fn cache(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             let ttl_ms = a.ttl_secs.unwrap_or_else(|| config::DEFAULT_TTL.get()) * 1000;
             let expire_at = now.saturating_add(ttl_ms);
             let rec = Record::new(a.key, a.user_id, a.amount, a.currency, now);
-            let member = index().admit(selected_db(ctx), a.key, store::facts(&rec));
-            key.set(Payment { rec, member }).map_err(fail)?;
+            key.set(Payment::admitted(selected_db(ctx), rec))
+                .map_err(fail)?;
             key.expire_at(expire_at);
             let Some(p) = key.payment().map_err(fail)? else {
                 return Err(fail(PayError::NoPayment));
@@ -93,7 +94,7 @@ pub fn update(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     match p.rec.apply(&a.update, now_ms()).map_err(fail)? {
         Applied::Unchanged => {}
         Applied::Changed => {
-            index().change(p.member, before, p.facts(), a.key);
+            index().change(p.member, before, p.facts(), p.handle());
             publish(ctx, name, &p.rec, None, "pay.update");
             stats::UPDATES.incr();
         }
@@ -114,27 +115,36 @@ pub fn stuck(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let older = a.older_ms.unwrap_or_else(|| config::STALE_AFTER_MS.get());
     let now = now_ms();
     let cutoff = now.saturating_sub(older);
-    let free_at = a.claim.as_ref().map(|_| now);
+    let claiming = a.claim.is_some();
+    // SAFETY: the index calls this on its own entries, under its lock.
+    let leased = |h| claiming && unsafe { store::payment_at(h) }.rec.leased_at(now);
     let db = selected_db(ctx);
     raw::reply_with_array(ctx.ctx, raw::REDISMODULE_POSTPONED_LEN as c_long);
     let mut sent = 0usize;
     let mut after = None;
     while sent < a.count {
-        let page = index().pending_page(db, cutoff, after, a.count - sent, free_at);
+        let page = index().pending_page(db, cutoff, after, a.count - sent, leased);
         let Some(last) = page.last() else { break };
         after = Some(last.position());
         for entry in &page {
-            let name = RedisString::create_from_slice(ctx.ctx, &entry.key);
-            let key = PayKey::open(ctx, &name, a.claim.is_some());
+            // Gone since the page was read (a CLAIM's notification may have
+            // let another module act): skip it.
+            let Some(name) = store::listed_key(ctx, db, entry) else {
+                continue;
+            };
+            let key = PayKey::open(ctx, &name, claiming);
             match key.payment() {
-                Ok(Some(p)) if p.member.id == entry.id && !p.rec.status.is_terminal() => {
+                Ok(Some(p))
+                    if ptr::eq(p, entry.handle as *const Payment)
+                        && !p.rec.status.is_terminal() =>
+                {
                     if let Some(claim) = &a.claim {
                         let before = p.facts();
                         if p.rec.lease().is_some() {
                             stats::LEASES_EXPIRED.incr();
                         }
                         p.rec.claim(claim.consumer, now, claim.lease_ms);
-                        index().change(p.member, before, p.facts(), &entry.key);
+                        index().change(p.member, before, p.facts(), entry.handle);
                         publish(ctx, &name, &p.rec, None, "pay.claim");
                         stats::CLAIMS.incr();
                     }
@@ -165,11 +175,11 @@ pub fn load(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             // In place: the key keeps its TTL unless PXAT says otherwise.
             let before = p.facts();
             p.rec = rec;
-            index().change(p.member, before, p.facts(), a.key);
+            index().change(p.member, before, p.facts(), p.handle());
         }
         None => {
-            let member = index().admit(selected_db(ctx), a.key, store::facts(&rec));
-            key.set(Payment { rec, member }).map_err(fail)?;
+            key.set(Payment::admitted(selected_db(ctx), rec))
+                .map_err(fail)?;
         }
     }
     if let Some(at) = a.expire_at {

@@ -7,10 +7,15 @@
 //! once: the values Redis frees later, on its lazy-free thread, carry the old
 //! generation and their release is ignored.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
 
 use crate::record::Status;
+
+/// What the index keeps of a pending record: an opaque handle, unique among
+/// the records alive (the Redis glue uses the record's address). The index
+/// never dereferences it.
+pub type Handle = usize;
 
 /// Where a record is registered. Stored in the record's in-memory wrapper.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,16 +32,23 @@ pub struct Facts {
     pub created_at: i64,
     pub status: Status,
     pub stale: bool,
-    /// When the record's lease runs out (Unix ms); 0: no lease.
-    pub lease_until: i64,
+}
+
+impl Member {
+    /// Registered nowhere: releasing or changing it does nothing.
+    pub const NONE: Member = Member {
+        slot: u32::MAX,
+        gen: 0,
+        id: u64::MAX,
+    };
 }
 
 /// A pending payment as listed by [`Index::pending_page`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pending {
     pub created_at: i64,
     pub id: u64,
-    pub key: Box<[u8]>,
+    pub handle: Handle,
 }
 
 impl Pending {
@@ -47,40 +59,82 @@ impl Pending {
 
 type Age = (i64, u64);
 
-/// An index entry: where the pending record lives, and until when it is leased.
-#[derive(Clone, Debug)]
-struct Entry {
-    key: Box<[u8]>,
-    lease_until: i64,
-}
-
-impl Entry {
-    fn new(key: &[u8], f: Facts) -> Entry {
-        Entry {
-            key: key.into(),
-            lease_until: f.lease_until,
-        }
-    }
-}
-
 #[derive(Default)]
 struct Slot {
     gen: u32,
     /// Pending and not yet flagged stale.
-    fresh: BTreeMap<Age, Entry>,
+    fresh: BTreeMap<Age, Handle>,
     /// Pending and flagged stale.
-    stale: BTreeMap<Age, Entry>,
-    counts: [u64; 3],
+    stale: BTreeMap<Age, Handle>,
+    /// Records by status, then pending records flagged stale.
+    counts: [u64; 4],
 }
 
+/// Where the count of stale pending records is kept in `Slot::counts`.
+const STALE: usize = 3;
+
 impl Slot {
-    fn map(&mut self, stale: bool) -> &mut BTreeMap<Age, Entry> {
+    fn map(&mut self, stale: bool) -> &mut BTreeMap<Age, Handle> {
         if stale {
             &mut self.stale
         } else {
             &mut self.fresh
         }
     }
+
+    fn tally(&mut self, f: Facts, up: bool) {
+        let mut bump = |i: usize| {
+            self.counts[i] = if up {
+                self.counts[i] + 1
+            } else {
+                self.counts[i].saturating_sub(1)
+            };
+        };
+        bump(f.status as usize);
+        if f.status == Status::Pending && f.stale {
+            bump(STALE);
+        }
+    }
+
+    /// Counts a record, and lists it if pending.
+    fn enter(&mut self, f: Facts, id: u64, handle: Handle) {
+        self.tally(f, true);
+        if f.status == Status::Pending {
+            self.map(f.stale).insert((f.created_at, id), handle);
+        }
+    }
+
+    /// Uncounts a record, and unlists it if pending.
+    fn leave(&mut self, f: Facts, id: u64) -> Option<Handle> {
+        self.tally(f, false);
+        if f.status == Status::Pending {
+            self.map(f.stale).remove(&(f.created_at, id))
+        } else {
+            None
+        }
+    }
+}
+
+/// The slot of a member, unless the slot was flushed since it joined.
+fn live(slots: &mut [Slot], m: Member) -> Option<&mut Slot> {
+    slots.get_mut(m.slot as usize).filter(|s| s.gen == m.gen)
+}
+
+/// Pending records admitted while an RDB file loads, listed in bulk once it
+/// has: a million inserts at random places in a B-tree cost more than the
+/// whole rest of the load, while one sort and a bulk build cost little.
+#[derive(Default)]
+struct Bulk {
+    entries: Vec<Deferred>,
+    /// Ids released before they were listed (expired keys, dropped on load).
+    released: HashSet<u64>,
+}
+
+struct Deferred {
+    slot: u32,
+    stale: bool,
+    age: Age,
+    handle: Handle,
 }
 
 #[derive(Default)]
@@ -89,6 +143,7 @@ pub struct Index {
     /// Database number -> slot, for the databases in use.
     db_slot: BTreeMap<i32, u32>,
     next_id: u64,
+    bulk: Option<Bulk>,
 }
 
 /// Counts for one database.
@@ -115,6 +170,37 @@ impl Index {
             slots: Vec::new(),
             db_slot: BTreeMap::new(),
             next_id: 0,
+            bulk: None,
+        }
+    }
+
+    /// An RDB load begins: list the pending records it brings in bulk, at
+    /// [`Index::settle`].
+    pub fn begin_bulk(&mut self) {
+        if self.bulk.is_none() {
+            self.bulk = Some(Bulk::default());
+        }
+    }
+
+    /// Lists every record admitted since [`Index::begin_bulk`]. The load's
+    /// end calls it; so does every operation but admit and release, so the
+    /// index is exact whatever the order of events.
+    pub fn settle(&mut self) {
+        let Some(Bulk {
+            mut entries,
+            released,
+        }) = self.bulk.take()
+        else {
+            return;
+        };
+        entries.retain(|e| !released.contains(&e.age.1));
+        entries.sort_unstable_by_key(|e| (e.slot, e.stale, e.age));
+        for run in entries.chunk_by(|a, b| (a.slot, a.stale) == (b.slot, b.stale)) {
+            let (slot, stale) = (run[0].slot, run[0].stale);
+            let mut built: BTreeMap<Age, Handle> = run.iter().map(|e| (e.age, e.handle)).collect();
+            if let Some(s) = self.slots.get_mut(slot as usize) {
+                s.map(stale).append(&mut built);
+            }
         }
     }
 
@@ -129,22 +215,23 @@ impl Index {
         slot
     }
 
-    fn live_slot(&mut self, m: Member) -> Option<&mut Slot> {
-        self.slots
-            .get_mut(m.slot as usize)
-            .filter(|s| s.gen == m.gen)
-    }
-
     /// A record enters database `db` under `key` (created, loaded or copied).
-    pub fn admit(&mut self, db: i32, key: &[u8], f: Facts) -> Member {
+    pub fn admit(&mut self, db: i32, handle: Handle, f: Facts) -> Member {
         let id = self.next_id;
         self.next_id += 1;
         let slot = self.slot_of(db);
         let s = &mut self.slots[slot];
-        s.counts[f.status as usize] += 1;
-        if f.status == Status::Pending {
-            s.map(f.stale)
-                .insert((f.created_at, id), Entry::new(key, f));
+        match &mut self.bulk {
+            Some(bulk) if f.status == Status::Pending => {
+                s.tally(f, true);
+                bulk.entries.push(Deferred {
+                    slot: slot as u32,
+                    stale: f.stale,
+                    age: (f.created_at, id),
+                    handle,
+                });
+            }
+            _ => s.enter(f, id, handle),
         }
         Member {
             slot: slot as u32,
@@ -155,58 +242,36 @@ impl Index {
 
     /// A record is gone (deleted, expired, evicted, overwritten, freed).
     /// Returns the key it was indexed under, if it was pending.
-    pub fn release(&mut self, m: Member, f: Facts) -> Option<Box<[u8]>> {
-        let s = self.live_slot(m)?;
-        s.counts[f.status as usize] = s.counts[f.status as usize].saturating_sub(1);
-        if f.status == Status::Pending {
-            s.map(f.stale).remove(&(f.created_at, m.id)).map(|e| e.key)
-        } else {
-            None
+    pub fn release(&mut self, m: Member, f: Facts) -> Option<Handle> {
+        let handle = live(&mut self.slots, m)?.leave(f, m.id);
+        if let (None, Some(bulk)) = (handle, &mut self.bulk) {
+            if f.status == Status::Pending {
+                bulk.released.insert(m.id);
+            }
         }
+        handle
     }
 
     /// A record's status or stale flag changed in place.
-    pub fn change(&mut self, m: Member, old: Facts, new: Facts, key: &[u8]) {
-        let Some(s) = self.live_slot(m) else { return };
-        s.counts[old.status as usize] = s.counts[old.status as usize].saturating_sub(1);
-        s.counts[new.status as usize] += 1;
-        if old.status == Status::Pending {
-            s.map(old.stale).remove(&(old.created_at, m.id));
-        }
-        if new.status == Status::Pending {
-            s.map(new.stale)
-                .insert((new.created_at, m.id), Entry::new(key, new));
+    pub fn change(&mut self, m: Member, old: Facts, new: Facts, handle: Handle) {
+        self.settle();
+        if let Some(s) = live(&mut self.slots, m) {
+            s.leave(old, m.id);
+            s.enter(new, m.id, handle);
         }
     }
 
-    /// RENAME: the record now lives under `key`.
-    pub fn rename(&mut self, m: Member, f: Facts, key: &[u8]) {
-        if f.status != Status::Pending {
-            return;
-        }
-        if let Some(entry) = self
-            .live_slot(m)
-            .and_then(|s| s.map(f.stale).get_mut(&(f.created_at, m.id)))
-        {
-            entry.key = key.into();
-        }
-    }
-
-    /// MOVE (or anything that lands a record in another database): returns
-    /// the record's new membership.
-    pub fn relocate(&mut self, m: Member, f: Facts, db: i32, key: &[u8]) -> Member {
+    /// RENAME or MOVE: the record now lives in database `db` (the handle
+    /// stays, and so does its place when the database does).
+    pub fn relocate(&mut self, m: Member, f: Facts, db: i32, handle: Handle) -> Member {
+        self.settle();
         let slot = self.slot_of(db);
         if slot == m.slot as usize && self.slots[slot].gen == m.gen {
-            self.rename(m, f, key);
             return m;
         }
         self.release(m, f);
         let s = &mut self.slots[slot];
-        s.counts[f.status as usize] += 1;
-        if f.status == Status::Pending {
-            s.map(f.stale)
-                .insert((f.created_at, m.id), Entry::new(key, f));
-        }
+        s.enter(f, m.id, handle);
         Member {
             slot: slot as u32,
             gen: s.gen,
@@ -216,6 +281,7 @@ impl Index {
 
     /// SWAPDB a b.
     pub fn swap_db(&mut self, a: i32, b: i32) {
+        self.settle();
         let (sa, sb) = (self.slot_of(a), self.slot_of(b));
         self.db_slot.insert(a, sb as u32);
         self.db_slot.insert(b, sa as u32);
@@ -223,6 +289,7 @@ impl Index {
 
     /// FLUSHDB (`db` >= 0) or FLUSHALL (`db` = -1), sync or async alike.
     pub fn flush(&mut self, db: i32) {
+        self.settle();
         let slots: Vec<usize> = if db < 0 {
             (0..self.slots.len()).collect()
         } else {
@@ -239,16 +306,17 @@ impl Index {
     }
 
     /// Pending records of `db` created at or before `cutoff`, oldest first,
-    /// strictly after position `after`, at most `limit` of them. With
-    /// `free_at`, records under a lease still live at that time are skipped.
+    /// strictly after position `after`, at most `limit` of them, leaving out
+    /// those `skip` says to (CLAIM: the ones under a live lease).
     pub fn pending_page(
         &mut self,
         db: i32,
         cutoff: i64,
         after: Option<(i64, u64)>,
         limit: usize,
-        free_at: Option<i64>,
+        mut skip: impl FnMut(Handle) -> bool,
     ) -> Vec<Pending> {
+        self.settle();
         let slot = self.slot_of(db);
         let s = &self.slots[slot];
         let lower = match after {
@@ -267,16 +335,16 @@ impl Index {
                 (None, Some(_)) => stale.next(),
                 (None, None) => None,
             };
-            let Some((&(created_at, id), entry)) = next else {
+            let Some((&(created_at, id), &handle)) = next else {
                 break;
             };
-            if free_at.is_some_and(|now| entry.lease_until > now) {
+            if skip(handle) {
                 continue;
             }
             out.push(Pending {
                 created_at,
                 id,
-                key: entry.key.clone(),
+                handle,
             });
         }
         out
@@ -287,29 +355,46 @@ impl Index {
     /// round, so a backlog in one database cannot starve the others), oldest
     /// first within each: the sweep's next batch, as (database, record).
     pub fn stale_candidates(
-        &self,
+        &mut self,
         cutoff: i64,
         limit: usize,
         first_db: i32,
     ) -> Vec<(i32, Pending)> {
+        self.settle();
         let mut out = Vec::new();
         let from_first = self.db_slot.range(first_db..);
         let wrapped = self.db_slot.range(..first_db);
         for (&db, &slot) in from_first.chain(wrapped) {
             let fresh = &self.slots[slot as usize].fresh;
-            for (&(created_at, id), entry) in fresh.range(..=(cutoff, u64::MAX)) {
+            for (&(created_at, id), &handle) in fresh.range(..=(cutoff, u64::MAX)) {
                 if out.len() >= limit {
                     return out;
                 }
                 let pending = Pending {
                     created_at,
                     id,
-                    key: entry.key.clone(),
+                    handle,
                 };
                 out.push((db, pending));
             }
         }
         out
+    }
+
+    /// Whether `p`, listed from database `db`, is still in the index: while
+    /// it is, its record is alive and pending.
+    pub fn holds(&mut self, db: i32, p: &Pending) -> bool {
+        self.settle();
+        let Some(&slot) = self.db_slot.get(&db) else {
+            return false;
+        };
+        let Some(s) = self.slots.get(slot as usize) else {
+            return false;
+        };
+        let age = (p.created_at, p.id);
+        [&s.fresh, &s.stale]
+            .iter()
+            .any(|m| m.get(&age) == Some(&p.handle))
     }
 
     pub fn counts(&mut self, db: i32) -> Counts {
@@ -332,7 +417,7 @@ fn slot_counts(s: &Slot) -> Counts {
         pending: s.counts[Status::Pending as usize],
         succeeded: s.counts[Status::Succeeded as usize],
         failed: s.counts[Status::Failed as usize],
-        stale: s.stale.len() as u64,
+        stale: s.counts[STALE],
     }
 }
 
@@ -345,42 +430,53 @@ mod tests {
             created_at,
             status: Status::Pending,
             stale: false,
-            lease_until: 0,
         }
     }
 
+    /// A short name as a handle, and back.
+    fn h(name: &[u8]) -> Handle {
+        let mut bytes = [0u8; 8];
+        bytes[..name.len()].copy_from_slice(name);
+        usize::from_le_bytes(bytes)
+    }
+
+    fn name(handle: Handle) -> String {
+        let bytes = handle.to_le_bytes();
+        String::from_utf8(bytes.into_iter().filter(|&b| b != 0).collect()).unwrap()
+    }
+
     fn keys(ix: &mut Index, db: i32) -> Vec<String> {
-        ix.pending_page(db, i64::MAX, None, usize::MAX, None)
+        ix.pending_page(db, i64::MAX, None, usize::MAX, |_| false)
             .into_iter()
-            .map(|p| String::from_utf8(p.key.into()).unwrap())
+            .map(|p| name(p.handle))
             .collect()
     }
 
     #[test]
     fn lists_oldest_first_with_cutoff_and_paging() {
         let mut ix = Index::new();
-        ix.admit(0, b"c", pending(30));
-        ix.admit(0, b"a", pending(10));
-        ix.admit(0, b"b", pending(20));
-        ix.admit(0, b"b2", pending(20));
+        ix.admit(0, h(b"c"), pending(30));
+        ix.admit(0, h(b"a"), pending(10));
+        ix.admit(0, h(b"b"), pending(20));
+        ix.admit(0, h(b"b2"), pending(20));
         assert_eq!(keys(&mut ix, 0), ["a", "b", "b2", "c"]);
-        let page = ix.pending_page(0, 20, None, 2, None);
+        let page = ix.pending_page(0, 20, None, 2, |_| false);
         assert_eq!(page.len(), 2);
-        let rest = ix.pending_page(0, 20, Some(page[1].position()), 10, None);
+        let rest = ix.pending_page(0, 20, Some(page[1].position()), 10, |_| false);
         assert_eq!(rest.len(), 1);
-        assert_eq!(&*rest[0].key, b"b2");
-        assert!(ix.pending_page(0, 9, None, 10, None).is_empty());
+        assert_eq!(name(rest[0].handle), "b2");
+        assert!(ix.pending_page(0, 9, None, 10, |_| false).is_empty());
         assert!(keys(&mut ix, 1).is_empty());
     }
 
     #[test]
     fn stale_and_fresh_lists_merge_in_age_order() {
         let mut ix = Index::new();
-        let m1 = ix.admit(0, b"one", pending(1));
-        ix.admit(0, b"two", pending(2));
+        let m1 = ix.admit(0, h(b"one"), pending(1));
+        ix.admit(0, h(b"two"), pending(2));
         ix.admit(
             0,
-            b"three",
+            h(b"three"),
             Facts {
                 stale: true,
                 ..pending(3)
@@ -393,7 +489,7 @@ mod tests {
                 stale: true,
                 ..pending(1)
             },
-            b"one",
+            h(b"one"),
         );
         assert_eq!(keys(&mut ix, 0), ["one", "two", "three"]);
         assert_eq!(ix.counts(0).stale, 2);
@@ -403,12 +499,12 @@ mod tests {
     #[test]
     fn resolving_and_releasing_keep_counts_exact() {
         let mut ix = Index::new();
-        let m = ix.admit(0, b"k", pending(5));
+        let m = ix.admit(0, h(b"k"), pending(5));
         let done = Facts {
             status: Status::Succeeded,
             ..pending(5)
         };
-        ix.change(m, pending(5), done, b"k");
+        ix.change(m, pending(5), done, h(b"k"));
         assert!(keys(&mut ix, 0).is_empty());
         assert_eq!(
             ix.counts(0),
@@ -419,18 +515,22 @@ mod tests {
         );
         assert_eq!(ix.release(m, done), None);
         assert_eq!(ix.counts(0), Counts::default());
-        let m2 = ix.admit(0, b"p", pending(6));
-        assert_eq!(ix.release(m2, pending(6)).as_deref(), Some(&b"p"[..]));
+        let m2 = ix.admit(0, h(b"p"), pending(6));
+        assert_eq!(ix.release(m2, pending(6)), Some(h(b"p")));
         assert_eq!(ix.totals(), Counts::default());
     }
 
     #[test]
-    fn rename_and_relocate_follow_the_record() {
+    fn relocate_follows_the_record() {
         let mut ix = Index::new();
-        let m = ix.admit(0, b"old", pending(1));
-        ix.rename(m, pending(1), b"new");
+        let m = ix.admit(0, h(b"new"), pending(1));
+        assert_eq!(
+            ix.relocate(m, pending(1), 0, h(b"new")),
+            m,
+            "RENAME in place"
+        );
         assert_eq!(keys(&mut ix, 0), ["new"]);
-        let m = ix.relocate(m, pending(1), 3, b"new");
+        let m = ix.relocate(m, pending(1), 3, h(b"new"));
         assert!(keys(&mut ix, 0).is_empty());
         assert_eq!(keys(&mut ix, 3), ["new"]);
         assert_eq!(ix.counts(3).pending, 1);
@@ -442,8 +542,8 @@ mod tests {
     #[test]
     fn swapdb_swaps_whole_databases() {
         let mut ix = Index::new();
-        let m = ix.admit(0, b"zero", pending(1));
-        ix.admit(1, b"one", pending(1));
+        let m = ix.admit(0, h(b"zero"), pending(1));
+        ix.admit(1, h(b"one"), pending(1));
         ix.swap_db(0, 1);
         assert_eq!(keys(&mut ix, 0), ["one"]);
         assert_eq!(keys(&mut ix, 1), ["zero"]);
@@ -457,11 +557,11 @@ mod tests {
     #[test]
     fn flush_forgets_and_ignores_late_frees() {
         let mut ix = Index::new();
-        let m0 = ix.admit(0, b"a", pending(1));
-        let m1 = ix.admit(1, b"b", pending(1));
+        let m0 = ix.admit(0, h(b"a"), pending(1));
+        let m1 = ix.admit(1, h(b"b"), pending(1));
         ix.flush(0);
         assert!(keys(&mut ix, 0).is_empty());
-        let fresh = ix.admit(0, b"c", pending(1));
+        let fresh = ix.admit(0, h(b"c"), pending(1));
         // The flushed value is freed later (lazy-free thread): no effect.
         assert_eq!(ix.release(m0, pending(1)), None);
         assert_eq!(keys(&mut ix, 0), ["c"]);
@@ -469,39 +569,124 @@ mod tests {
         assert_eq!(ix.totals(), Counts::default());
         assert_eq!(ix.release(m1, pending(1)), None);
         assert_eq!(ix.release(fresh, pending(1)), None);
-        ix.admit(1, b"d", pending(2));
+        ix.admit(1, h(b"d"), pending(2));
         assert_eq!(ix.totals().pending, 1);
     }
 
     #[test]
     fn claim_pages_skip_live_leases() {
         let mut ix = Index::new();
-        let m = ix.admit(0, b"leased", pending(1));
-        ix.admit(0, b"free", pending(2));
-        let leased = Facts {
-            lease_until: 100,
+        ix.admit(0, h(b"leased"), pending(1));
+        ix.admit(0, h(b"free"), pending(2));
+        let page = ix.pending_page(0, i64::MAX, None, 10, |h| name(h) == "leased");
+        let listed: Vec<String> = page.iter().map(|p| name(p.handle)).collect();
+        assert_eq!(listed, ["free"]);
+        assert_eq!(
+            ix.pending_page(0, i64::MAX, None, 1, |h| name(h) == "leased")
+                .len(),
+            1,
+            "skipped entries do not count against the limit"
+        );
+    }
+
+    #[test]
+    fn holds_only_what_is_still_listed() {
+        let mut ix = Index::new();
+        let m = ix.admit(4, h(b"k"), pending(1));
+        let listed = ix.pending_page(4, i64::MAX, None, 10, |_| false)[0];
+        assert!(ix.holds(4, &listed));
+        assert!(!ix.holds(5, &listed));
+        let flagged = Facts {
+            stale: true,
             ..pending(1)
         };
-        ix.change(m, pending(1), leased, b"leased");
-        let keys = |ix: &mut Index, at| -> Vec<Box<[u8]>> {
-            ix.pending_page(0, i64::MAX, None, 10, at)
-                .into_iter()
-                .map(|p| p.key)
-                .collect()
+        ix.change(m, pending(1), flagged, h(b"k"));
+        assert!(ix.holds(4, &listed), "flagging keeps the entry");
+        ix.release(m, flagged);
+        assert!(!ix.holds(4, &listed));
+        ix.admit(4, h(b"k"), pending(1));
+        assert!(!ix.holds(4, &listed), "a new record is a new entry");
+    }
+
+    #[test]
+    fn a_bulk_load_lists_exactly_what_one_by_one_admits_would() {
+        let flagged = |t| Facts {
+            stale: true,
+            ..pending(t)
         };
-        assert_eq!(keys(&mut ix, Some(50)), [Box::from(&b"free"[..])]);
+        let done = Facts {
+            status: Status::Succeeded,
+            ..pending(0)
+        };
+        // Records in hash order, as an RDB file brings them; some expire
+        // on load (released before they are listed).
+        let plan: Vec<(i32, Facts, bool)> = (0..500u64)
+            .map(|i| {
+                let t = (i * 7919 % 500) as i64;
+                let f = match i % 5 {
+                    0 => flagged(t),
+                    1 => done,
+                    _ => pending(t),
+                };
+                ((i % 3) as i32, f, i % 11 == 0)
+            })
+            .collect();
+        let load = |bulk: bool| {
+            let mut ix = Index::new();
+            if bulk {
+                ix.begin_bulk();
+            }
+            for (n, &(db, f, expired)) in plan.iter().enumerate() {
+                let m = ix.admit(db, n + 1, f);
+                if expired {
+                    ix.release(m, f);
+                }
+            }
+            let counted = ix.totals();
+            ix.settle();
+            (counted, ix)
+        };
+        let (one_by_one, mut a) = load(false);
+        let (bulk, mut b) = load(true);
+        assert_eq!(bulk, one_by_one, "counts are exact before the bulk settles");
         assert_eq!(
-            keys(&mut ix, Some(100)).len(),
-            2,
-            "a lease runs out at its deadline"
+            bulk.stale,
+            100 - 10,
+            "every fifth flagged, every 55th expired"
         );
-        assert_eq!(keys(&mut ix, None).len(), 2, "listing shows leased records");
+        for db in 0..3 {
+            let list = |ix: &mut Index| ix.pending_page(db, i64::MAX, None, usize::MAX, |_| false);
+            assert_eq!(list(&mut a), list(&mut b));
+            assert_eq!(ix_len(&mut b, db), b.counts(db).pending as usize);
+        }
+    }
+
+    fn ix_len(ix: &mut Index, db: i32) -> usize {
+        ix.pending_page(db, i64::MAX, None, usize::MAX, |_| false)
+            .len()
+    }
+
+    #[test]
+    fn any_other_operation_settles_a_bulk_first() {
+        let mut ix = Index::new();
+        ix.begin_bulk();
+        let m = ix.admit(0, h(b"a"), pending(2));
+        ix.admit(0, h(b"b"), pending(1));
+        let flagged = Facts {
+            stale: true,
+            ..pending(2)
+        };
+        ix.change(m, pending(2), flagged, h(b"a"));
+        assert_eq!(keys(&mut ix, 0), ["b", "a"]);
+        assert_eq!(ix.counts(0).stale, 1);
+        ix.admit(0, h(b"c"), pending(0));
+        assert_eq!(keys(&mut ix, 0), ["c", "b", "a"], "the bulk ended");
     }
 
     #[test]
     fn a_far_database_costs_one_slot() {
         let mut ix = Index::new();
-        ix.admit(1_000_000_000, b"far", pending(1));
+        ix.admit(1_000_000_000, h(b"far"), pending(1));
         assert_eq!(ix.slots.len(), 1);
         assert_eq!(keys(&mut ix, 1_000_000_000), ["far"]);
         ix.swap_db(1_000_000_000, 7);
@@ -512,23 +697,23 @@ mod tests {
     #[test]
     fn stale_candidates_span_databases_and_skip_flagged() {
         let mut ix = Index::new();
-        ix.admit(0, b"a", pending(5));
-        ix.admit(2, b"b", pending(1));
+        ix.admit(0, h(b"a"), pending(5));
+        ix.admit(2, h(b"b"), pending(1));
         ix.admit(
             2,
-            b"c",
+            h(b"c"),
             Facts {
                 stale: true,
                 ..pending(1)
             },
         );
-        ix.admit(2, b"young", pending(50));
-        let got: Vec<(i32, Box<[u8]>)> = ix
+        ix.admit(2, h(b"young"), pending(50));
+        let got: Vec<(i32, String)> = ix
             .stale_candidates(10, 10, 0)
             .into_iter()
-            .map(|(db, p)| (db, p.key))
+            .map(|(db, p)| (db, name(p.handle)))
             .collect();
-        assert_eq!(got, [(0, Box::from(&b"a"[..])), (2, Box::from(&b"b"[..]))]);
+        assert_eq!(got, [(0, "a".to_string()), (2, "b".to_string())]);
         assert_eq!(ix.stale_candidates(10, 1, 0).len(), 1);
         // Starting elsewhere wraps round.
         let first: Vec<i32> = ix

@@ -11,7 +11,7 @@ use redis_module::{logging, raw, Context, NotifyEvent, RedisString};
 
 use crate::codec;
 use crate::error::PayError;
-use crate::index::{Facts, Index, Member};
+use crate::index::{Facts, Handle, Index, Member, Pending};
 use crate::record::Record;
 
 /// Calls a Redis module API function whose presence [`check_api`] verified at load.
@@ -35,18 +35,52 @@ pub struct Payment {
 }
 
 impl Payment {
+    /// A new payment in database `db`, entered in the index under its address.
+    pub fn admitted(db: i32, rec: Record) -> Box<Payment> {
+        let mut p = Box::new(Payment {
+            rec,
+            member: Member::NONE,
+        });
+        p.member = index().admit(db, p.handle(), p.facts());
+        p
+    }
+
     pub fn facts(&self) -> Facts {
-        facts(&self.rec)
+        Facts {
+            created_at: self.rec.created_at,
+            status: self.rec.status,
+            stale: self.rec.stale,
+        }
+    }
+
+    /// The index's name for this payment: its address, which stays put from
+    /// the moment Redis holds it until the free callback.
+    pub fn handle(&self) -> Handle {
+        std::ptr::from_ref(self) as Handle
     }
 }
 
-pub fn facts(r: &Record) -> Facts {
-    Facts {
-        created_at: r.created_at,
-        status: r.status,
-        stale: r.stale,
-        lease_until: r.lease().map_or(0, |l| l.until),
+/// The payment an index entry names.
+///
+/// # Safety
+/// The entry must be in the index ([`Index::holds`], or read while the index
+/// lock is held): every payment leaves the index in its free callback, so the
+/// handle is the address of a live `Payment`. The reference must not outlive
+/// anything that could free the payment (opening its key may expire it).
+pub unsafe fn payment_at<'a>(handle: Handle) -> &'a Payment {
+    // SAFETY: per the contract above.
+    unsafe { &*(handle as *const Payment) }
+}
+
+/// The key of a listed payment, copied into a Redis string, if the payment is
+/// still in the index.
+pub fn listed_key(ctx: &Context, db: i32, entry: &Pending) -> Option<RedisString> {
+    if !index().holds(db, entry) {
+        return None;
     }
+    // SAFETY: held by the index just now, and nothing ran since.
+    let p = unsafe { payment_at(entry.handle) };
+    Some(RedisString::create_from_slice(ctx.ctx, p.rec.key()))
 }
 
 pub static PAY_TYPE: RedisType = RedisType::new(
@@ -202,8 +236,7 @@ unsafe extern "C" fn rdb_load(io: *mut raw::RedisModuleIO, encver: c_int) -> *mu
         }
     };
     let db = rm!(RedisModule_GetDbIdFromIO(io));
-    let member = index().admit(db, key, facts(&rec));
-    Box::into_raw(Box::new(Payment { rec, member })).cast()
+    Box::into_raw(Payment::admitted(db, rec)).cast()
 }
 
 /// # Safety
@@ -241,8 +274,17 @@ unsafe extern "C" fn aof_rewrite(
 unsafe extern "C" fn mem_usage(value: *const c_void) -> usize {
     // SAFETY: a value of this type.
     let p = unsafe { payment(value) };
-    std::mem::size_of::<Payment>() + p.rec.heap_size()
+    let index_entry = if p.rec.status.is_terminal() {
+        0
+    } else {
+        INDEX_ENTRY_BYTES
+    };
+    std::mem::size_of::<Payment>() + p.rec.heap_size() + index_entry
 }
+
+/// What a pending payment's index entry costs: 24 bytes in a B-tree leaf
+/// that appends keep about half full.
+const INDEX_ENTRY_BYTES: usize = 48;
 
 unsafe extern "C" fn digest(md: *mut raw::RedisModuleDigest, value: *mut c_void) {
     // SAFETY: a value of this type.
@@ -282,8 +324,7 @@ unsafe extern "C" fn copy2(
     SOURCE_DB.store(rm!(RedisModule_GetDbIdFromOptCtx(ctx)), Ordering::Relaxed);
     let mut rec = p.rec.clone();
     rec.set_key(to_key);
-    let member = index().admit(to_db, to_key, facts(&rec));
-    Box::into_raw(Box::new(Payment { rec, member })).cast()
+    Box::into_raw(Payment::admitted(to_db, rec)).cast()
 }
 
 /// The database a MOVE or COPY started from, kept until its `move_to` or
@@ -309,7 +350,7 @@ pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[
             if let Ok(Some(p)) = k.payment() {
                 p.rec.set_key(key);
                 let f = p.facts();
-                let member = index().relocate(p.member, f, db, key);
+                let member = index().relocate(p.member, f, db, p.handle());
                 p.member = member;
             }
         }
@@ -323,7 +364,7 @@ pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[
     }
 }
 
-/// Subscribes to FLUSHDB/FLUSHALL, SWAPDB and replication role changes.
+/// Subscribes to FLUSHDB/FLUSHALL, SWAPDB, loading and replication role changes.
 pub fn subscribe_server_events(ctx: &Context) -> Result<(), String> {
     for (id, callback) in [
         (
@@ -331,6 +372,7 @@ pub fn subscribe_server_events(ctx: &Context) -> Result<(), String> {
             on_flush as unsafe extern "C" fn(_, _, _, _),
         ),
         (raw::REDISMODULE_EVENT_SWAPDB, on_swapdb),
+        (raw::REDISMODULE_EVENT_LOADING, on_loading),
         (
             raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED,
             on_role_change,
@@ -361,6 +403,22 @@ unsafe extern "C" fn on_flush(
     // SAFETY: Redis passes a RedisModuleFlushInfo with this event.
     let info = unsafe { &*data.cast::<raw::RedisModuleFlushInfoV1>() };
     index().flush(info.dbnum);
+}
+
+/// An RDB file (at start, on DEBUG RELOAD, or from a primary) is listed in
+/// the index in bulk when it has loaded. An AOF replays commands, which find
+/// and change records as they go: it is indexed record by record.
+unsafe extern "C" fn on_loading(
+    _ctx: *mut raw::RedisModuleCtx,
+    _eid: raw::RedisModuleEvent,
+    subevent: u64,
+    _data: *mut c_void,
+) {
+    match subevent {
+        raw::REDISMODULE_SUBEVENT_LOADING_RDB_START
+        | raw::REDISMODULE_SUBEVENT_LOADING_REPL_START => index().begin_bulk(),
+        _ => index().settle(),
+    }
 }
 
 unsafe extern "C" fn on_role_change(
@@ -466,8 +524,8 @@ impl PayKey {
     }
 
     /// Stores a new payment under this (empty, writable) key.
-    pub fn set(&self, p: Payment) -> Result<(), PayError> {
-        let value = Box::into_raw(Box::new(p));
+    pub fn set(&self, p: Box<Payment>) -> Result<(), PayError> {
+        let value = Box::into_raw(p);
         let status = rm!(RedisModule_ModuleTypeSetValue(
             self.key,
             *PAY_TYPE.raw_type.borrow(),

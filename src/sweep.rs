@@ -9,6 +9,7 @@
 //! at least every [`MAX_TICK_MS`], so `CONFIG SET pay.sweep-interval-ms`
 //! takes effect within that time.
 
+use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ use redis_module::{raw, Context, RedisString};
 use crate::config::{STALE_AFTER_MS, SWEEP_BATCH, SWEEP_INTERVAL_MS};
 use crate::record::Status;
 use crate::stats;
-use crate::store::{index, now_ms, publish, rm, PayKey};
+use crate::store::{index, listed_key, now_ms, publish, rm, PayKey, Payment};
 
 /// The armed timer, if any. Touched on the main thread only.
 static TIMER: Mutex<Option<raw::RedisModuleTimerID>> = Mutex::new(None);
@@ -104,13 +105,18 @@ fn sweep(ctx: &Context) -> bool {
             rm!(RedisModule_SelectDb(ctx.ctx, *entry_db));
             db = Some(*entry_db);
         }
-        let name = RedisString::create_from_slice(ctx.ctx, &entry.key);
+        let Some(name) = listed_key(ctx, *entry_db, entry) else {
+            continue;
+        };
         let key = PayKey::open(ctx, &name, true);
         match key.payment() {
-            Ok(Some(p)) if p.member.id == entry.id && p.rec.status == Status::Pending => {
+            Ok(Some(p))
+                if ptr::eq(p, entry.handle as *const Payment)
+                    && p.rec.status == Status::Pending =>
+            {
                 let before = p.facts();
                 p.rec.stale = true;
-                index().change(p.member, before, p.facts(), &entry.key);
+                index().change(p.member, before, p.facts(), entry.handle);
                 publish(ctx, &name, &p.rec, None, "pay.stale");
                 flagged += 1;
             }
