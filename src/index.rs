@@ -7,7 +7,7 @@
 //! once: the values Redis frees later, on its lazy-free thread, carry the old
 //! generation and their release is ignored.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ops::Bound;
 
 use crate::record::Status;
@@ -22,8 +22,8 @@ pub type Handle = usize;
 pub struct Member {
     slot: u32,
     gen: u32,
-    /// Unique for the life of the process: breaks ties between equal timestamps.
-    pub id: u64,
+    /// Unique for the life of the process.
+    id: u64,
 }
 
 /// What the index needs to know of a record.
@@ -47,25 +47,26 @@ impl Member {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pending {
     pub created_at: i64,
-    pub id: u64,
     pub handle: Handle,
 }
 
 impl Pending {
-    pub fn position(&self) -> (i64, u64) {
-        (self.created_at, self.id)
+    pub fn position(&self) -> Age {
+        (self.created_at, self.handle)
     }
 }
 
-type Age = (i64, u64);
+/// A place in the index: creation time, then the handle, which orders
+/// records created in the same millisecond.
+pub type Age = (i64, Handle);
 
 #[derive(Default)]
 struct Slot {
     gen: u32,
     /// Pending and not yet flagged stale.
-    fresh: BTreeMap<Age, Handle>,
+    fresh: BTreeSet<Age>,
     /// Pending and flagged stale.
-    stale: BTreeMap<Age, Handle>,
+    stale: BTreeSet<Age>,
     /// Records by status, then pending records flagged stale.
     counts: [u64; 4],
 }
@@ -74,7 +75,7 @@ struct Slot {
 const STALE: usize = 3;
 
 impl Slot {
-    fn map(&mut self, stale: bool) -> &mut BTreeMap<Age, Handle> {
+    fn map(&mut self, stale: bool) -> &mut BTreeSet<Age> {
         if stale {
             &mut self.stale
         } else {
@@ -97,21 +98,17 @@ impl Slot {
     }
 
     /// Counts a record, and lists it if pending.
-    fn enter(&mut self, f: Facts, id: u64, handle: Handle) {
+    fn enter(&mut self, f: Facts, handle: Handle) {
         self.tally(f, true);
         if f.status == Status::Pending {
-            self.map(f.stale).insert((f.created_at, id), handle);
+            self.map(f.stale).insert((f.created_at, handle));
         }
     }
 
-    /// Uncounts a record, and unlists it if pending.
-    fn leave(&mut self, f: Facts, id: u64) -> Option<Handle> {
+    /// Uncounts a record, and unlists it if pending; whether it was listed.
+    fn leave(&mut self, f: Facts, handle: Handle) -> bool {
         self.tally(f, false);
-        if f.status == Status::Pending {
-            self.map(f.stale).remove(&(f.created_at, id))
-        } else {
-            None
-        }
+        f.status == Status::Pending && self.map(f.stale).remove(&(f.created_at, handle))
     }
 }
 
@@ -134,7 +131,7 @@ struct Deferred {
     slot: u32,
     stale: bool,
     age: Age,
-    handle: Handle,
+    id: u64,
 }
 
 #[derive(Default)]
@@ -193,11 +190,11 @@ impl Index {
         else {
             return;
         };
-        entries.retain(|e| !released.contains(&e.age.1));
+        entries.retain(|e| !released.contains(&e.id));
         entries.sort_unstable_by_key(|e| (e.slot, e.stale, e.age));
         for run in entries.chunk_by(|a, b| (a.slot, a.stale) == (b.slot, b.stale)) {
             let (slot, stale) = (run[0].slot, run[0].stale);
-            let mut built: BTreeMap<Age, Handle> = run.iter().map(|e| (e.age, e.handle)).collect();
+            let mut built: BTreeSet<Age> = run.iter().map(|e| e.age).collect();
             if let Some(s) = self.slots.get_mut(slot as usize) {
                 s.map(stale).append(&mut built);
             }
@@ -227,11 +224,11 @@ impl Index {
                 bulk.entries.push(Deferred {
                     slot: slot as u32,
                     stale: f.stale,
-                    age: (f.created_at, id),
-                    handle,
+                    age: (f.created_at, handle),
+                    id,
                 });
             }
-            _ => s.enter(f, id, handle),
+            _ => s.enter(f, handle),
         }
         Member {
             slot: slot as u32,
@@ -241,23 +238,26 @@ impl Index {
     }
 
     /// A record is gone (deleted, expired, evicted, overwritten, freed).
-    /// Returns the key it was indexed under, if it was pending.
-    pub fn release(&mut self, m: Member, f: Facts) -> Option<Handle> {
-        let handle = live(&mut self.slots, m)?.leave(f, m.id);
-        if let (None, Some(bulk)) = (handle, &mut self.bulk) {
+    /// Returns whether it was listed as pending.
+    pub fn release(&mut self, m: Member, f: Facts, handle: Handle) -> bool {
+        let Some(s) = live(&mut self.slots, m) else {
+            return false;
+        };
+        let listed = s.leave(f, handle);
+        if let (false, Some(bulk)) = (listed, &mut self.bulk) {
             if f.status == Status::Pending {
                 bulk.released.insert(m.id);
             }
         }
-        handle
+        listed
     }
 
     /// A record's status or stale flag changed in place.
     pub fn change(&mut self, m: Member, old: Facts, new: Facts, handle: Handle) {
         self.settle();
         if let Some(s) = live(&mut self.slots, m) {
-            s.leave(old, m.id);
-            s.enter(new, m.id, handle);
+            s.leave(old, handle);
+            s.enter(new, handle);
         }
     }
 
@@ -269,9 +269,9 @@ impl Index {
         if slot == m.slot as usize && self.slots[slot].gen == m.gen {
             return m;
         }
-        self.release(m, f);
+        self.release(m, f, handle);
         let s = &mut self.slots[slot];
-        s.enter(f, m.id, handle);
+        s.enter(f, handle);
         Member {
             slot: slot as u32,
             gen: s.gen,
@@ -312,7 +312,7 @@ impl Index {
         &mut self,
         db: i32,
         cutoff: i64,
-        after: Option<(i64, u64)>,
+        after: Option<Age>,
         limit: usize,
         mut skip: impl FnMut(Handle) -> bool,
     ) -> Vec<Pending> {
@@ -323,29 +323,25 @@ impl Index {
             Some(pos) => Bound::Excluded(pos),
             None => Bound::Unbounded,
         };
-        let upper = Bound::Included((cutoff, u64::MAX));
+        let upper = Bound::Included((cutoff, Handle::MAX));
         let mut fresh = s.fresh.range((lower, upper)).peekable();
         let mut stale = s.stale.range((lower, upper)).peekable();
         let mut out = Vec::with_capacity(limit.min(1024));
         while out.len() < limit {
             let next = match (fresh.peek(), stale.peek()) {
-                (Some(a), Some(b)) if a.0 <= b.0 => fresh.next(),
+                (Some(a), Some(b)) if a <= b => fresh.next(),
                 (Some(_), Some(_)) => stale.next(),
                 (Some(_), None) => fresh.next(),
                 (None, Some(_)) => stale.next(),
                 (None, None) => None,
             };
-            let Some((&(created_at, id), &handle)) = next else {
+            let Some(&(created_at, handle)) = next else {
                 break;
             };
             if skip(handle) {
                 continue;
             }
-            out.push(Pending {
-                created_at,
-                id,
-                handle,
-            });
+            out.push(Pending { created_at, handle });
         }
         out
     }
@@ -366,16 +362,11 @@ impl Index {
         let wrapped = self.db_slot.range(..first_db);
         for (&db, &slot) in from_first.chain(wrapped) {
             let fresh = &self.slots[slot as usize].fresh;
-            for (&(created_at, id), &handle) in fresh.range(..=(cutoff, u64::MAX)) {
+            for &(created_at, handle) in fresh.range(..=(cutoff, Handle::MAX)) {
                 if out.len() >= limit {
                     return out;
                 }
-                let pending = Pending {
-                    created_at,
-                    id,
-                    handle,
-                };
-                out.push((db, pending));
+                out.push((db, Pending { created_at, handle }));
             }
         }
         out
@@ -391,10 +382,8 @@ impl Index {
         let Some(s) = self.slots.get(slot as usize) else {
             return false;
         };
-        let age = (p.created_at, p.id);
-        [&s.fresh, &s.stale]
-            .iter()
-            .any(|m| m.get(&age) == Some(&p.handle))
+        let age = p.position();
+        s.fresh.contains(&age) || s.stale.contains(&age)
     }
 
     pub fn counts(&mut self, db: i32) -> Counts {
@@ -513,10 +502,10 @@ mod tests {
                 ..Counts::default()
             }
         );
-        assert_eq!(ix.release(m, done), None);
+        assert!(!ix.release(m, done, h(b"k")));
         assert_eq!(ix.counts(0), Counts::default());
         let m2 = ix.admit(0, h(b"p"), pending(6));
-        assert_eq!(ix.release(m2, pending(6)), Some(h(b"p")));
+        assert!(ix.release(m2, pending(6), h(b"p")));
         assert_eq!(ix.totals(), Counts::default());
     }
 
@@ -535,7 +524,7 @@ mod tests {
         assert_eq!(keys(&mut ix, 3), ["new"]);
         assert_eq!(ix.counts(3).pending, 1);
         assert_eq!(ix.counts(0).pending, 0);
-        ix.release(m, pending(1));
+        ix.release(m, pending(1), h(b"new"));
         assert_eq!(ix.totals(), Counts::default());
     }
 
@@ -548,7 +537,7 @@ mod tests {
         assert_eq!(keys(&mut ix, 0), ["one"]);
         assert_eq!(keys(&mut ix, 1), ["zero"]);
         // The record keeps its membership: releasing it empties db 1.
-        ix.release(m, pending(1));
+        ix.release(m, pending(1), h(b"zero"));
         assert!(keys(&mut ix, 1).is_empty());
         ix.swap_db(5, 0);
         assert_eq!(keys(&mut ix, 5), ["one"]);
@@ -563,12 +552,12 @@ mod tests {
         assert!(keys(&mut ix, 0).is_empty());
         let fresh = ix.admit(0, h(b"c"), pending(1));
         // The flushed value is freed later (lazy-free thread): no effect.
-        assert_eq!(ix.release(m0, pending(1)), None);
+        assert!(!ix.release(m0, pending(1), h(b"a")));
         assert_eq!(keys(&mut ix, 0), ["c"]);
         ix.flush(-1);
         assert_eq!(ix.totals(), Counts::default());
-        assert_eq!(ix.release(m1, pending(1)), None);
-        assert_eq!(ix.release(fresh, pending(1)), None);
+        assert!(!ix.release(m1, pending(1), h(b"b")));
+        assert!(!ix.release(fresh, pending(1), h(b"c")));
         ix.admit(1, h(b"d"), pending(2));
         assert_eq!(ix.totals().pending, 1);
     }
@@ -602,10 +591,8 @@ mod tests {
         };
         ix.change(m, pending(1), flagged, h(b"k"));
         assert!(ix.holds(4, &listed), "flagging keeps the entry");
-        ix.release(m, flagged);
+        ix.release(m, flagged, h(b"k"));
         assert!(!ix.holds(4, &listed));
-        ix.admit(4, h(b"k"), pending(1));
-        assert!(!ix.holds(4, &listed), "a new record is a new entry");
     }
 
     #[test]
@@ -639,7 +626,7 @@ mod tests {
             for (n, &(db, f, expired)) in plan.iter().enumerate() {
                 let m = ix.admit(db, n + 1, f);
                 if expired {
-                    ix.release(m, f);
+                    ix.release(m, f, n + 1);
                 }
             }
             let counted = ix.totals();

@@ -282,9 +282,9 @@ unsafe extern "C" fn mem_usage(value: *const c_void) -> usize {
     std::mem::size_of::<Payment>() + p.rec.heap_size() + index_entry
 }
 
-/// What a pending payment's index entry costs: 24 bytes in a B-tree leaf
+/// What a pending payment's index entry costs: 16 bytes in a B-tree leaf
 /// that appends keep about half full.
-const INDEX_ENTRY_BYTES: usize = 48;
+const INDEX_ENTRY_BYTES: usize = 32;
 
 unsafe extern "C" fn digest(md: *mut raw::RedisModuleDigest, value: *mut c_void) {
     // SAFETY: a value of this type.
@@ -301,7 +301,7 @@ unsafe extern "C" fn digest(md: *mut raw::RedisModuleDigest, value: *mut c_void)
 unsafe extern "C" fn free(value: *mut c_void) {
     // SAFETY: Redis frees each value exactly once, and only values of this type.
     let p = unsafe { Box::from_raw(value.cast::<Payment>()) };
-    index().release(p.member, p.facts());
+    index().release(p.member, p.facts(), p.handle());
 }
 
 /// A record is small: Redis frees it at once, on the main thread, even for
@@ -536,7 +536,7 @@ impl PayKey {
         } else {
             // SAFETY: Redis did not take the value; it is still ours to free.
             let p = unsafe { Box::from_raw(value) };
-            index().release(p.member, p.facts());
+            index().release(p.member, p.facts(), p.handle());
             Err(PayError::WrongType)
         }
     }
