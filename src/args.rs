@@ -23,6 +23,8 @@ pub struct CacheArgs<'a> {
     pub amount: i64,
     pub currency: [u8; 3],
     pub ttl_secs: Option<i64>,
+    /// Reply with the outcome and the status only, not the whole record.
+    pub brief: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +61,7 @@ pub struct LoadArgs<'a> {
     pub expire_at: Option<i64>,
 }
 
-/// `PAY.CACHE key user_id amount currency [TTL seconds]`
+/// `PAY.CACHE key user_id amount currency [TTL seconds] [BRIEF]`
 pub fn parse_cache<'a>(args: &[&'a [u8]]) -> Result<CacheArgs<'a>, PayError> {
     let [key, user_id, amount, currency, rest @ ..] = args else {
         return Err(PayError::Arity("PAY.CACHE"));
@@ -69,10 +71,12 @@ pub fn parse_cache<'a>(args: &[&'a [u8]]) -> Result<CacheArgs<'a>, PayError> {
     let amount = parse_amount(amount)?;
     let currency = parse_currency(currency)?;
     let mut ttl_secs = None;
+    let mut brief = false;
     let mut opts = Options::new(rest);
     while let Some(name) = opts.next_name()? {
         match name.upper() {
             b"TTL" => set_once(&mut ttl_secs, "TTL", opts.int("TTL", 1, MAX_TTL_SECS)?)?,
+            b"BRIEF" => set_once(&mut brief, "BRIEF", true)?,
             _ => return Err(unknown_option(name.raw)),
         }
     }
@@ -82,6 +86,7 @@ pub fn parse_cache<'a>(args: &[&'a [u8]]) -> Result<CacheArgs<'a>, PayError> {
         amount,
         currency,
         ttl_secs,
+        brief,
     })
 }
 
@@ -450,6 +455,14 @@ mod tests {
         .contains("more than once"));
         assert!(
             msg(parse_cache(&[b"k", b"u", b"1", b"USD", b"NX"])).contains("unknown option 'NX'")
+        );
+        let a = parse_cache(&[b"k", b"u", b"1", b"USD", b"brief", b"TTL", b"9"]).unwrap();
+        assert!(a.brief);
+        assert_eq!(a.ttl_secs, Some(9));
+        assert!(!parse_cache(&[b"k", b"u", b"1", b"USD"]).unwrap().brief);
+        assert!(
+            msg(parse_cache(&[b"k", b"u", b"1", b"USD", b"BRIEF", b"BRIEF"]))
+                .contains("more than once")
         );
         assert!(
             msg(parse_cache(&[b"k", b"u", b"1", b"USD", b"VERYLONGOPTION"]))

@@ -19,6 +19,12 @@ const FLAG_LEASED: u8 = 2;
 
 pub fn encode(r: &Record) -> Vec<u8> {
     let mut out = Vec::with_capacity(48 + r.heap_size() + 8);
+    encode_into(r, &mut out);
+    out
+}
+
+/// Appends the encoding of `r` to `out`.
+pub fn encode_into(r: &Record, out: &mut Vec<u8>) {
     let mut flags = 0;
     if r.stale {
         flags |= FLAG_STALE;
@@ -36,14 +42,13 @@ pub fn encode(r: &Record) -> Vec<u8> {
     out.extend_from_slice(&r.updated_at.to_le_bytes());
     out.extend_from_slice(&r.attempts.to_le_bytes());
     let text = r.text();
-    put_str(&mut out, text.user_id);
-    put_str(&mut out, text.reason);
-    put_str(&mut out, text.provider_ref);
+    put_str(out, text.user_id);
+    put_str(out, text.reason);
+    put_str(out, text.provider_ref);
     if let Some(lease) = lease {
-        put_str(&mut out, lease.owner);
+        put_str(out, lease.owner);
         out.extend_from_slice(&lease.until.to_le_bytes());
     }
-    out
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {

@@ -4,7 +4,7 @@
 use std::ffi::{c_char, c_long};
 use std::ptr;
 
-use redis_module::{raw, Context, NotifyEvent, RedisError, RedisResult, RedisString, RedisValue};
+use redis_module::{raw, Context, RedisError, RedisResult, RedisString, RedisValue};
 
 use crate::args::{self, StuckArgs};
 use crate::codec;
@@ -29,7 +29,7 @@ fn key_arg(args: &[RedisString]) -> Result<&RedisString, RedisError> {
     args.get(1).ok_or_else(|| fail(PayError::Arity("PAY")))
 }
 
-/// `PAY.CACHE key user_id amount currency [TTL seconds]`
+/// `PAY.CACHE key user_id amount currency [TTL seconds] [BRIEF]`
 pub fn cache(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let argv = argv(&args);
     let a = args::parse_cache(&argv).map_err(fail)?;
@@ -39,7 +39,7 @@ pub fn cache(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         Some(p) => match p.rec.check_same_terms(a.user_id, a.amount, a.currency) {
             Ok(()) => {
                 stats::DUPLICATES.incr();
-                reply_record(ctx, &p.rec, Some("duplicate"));
+                reply_cached(ctx, &p.rec, "duplicate", a.brief);
                 Ok(RedisValue::NoReply)
             }
             Err(e) => {
@@ -58,9 +58,9 @@ pub fn cache(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             let Some(p) = key.payment().map_err(fail)? else {
                 return Err(fail(PayError::NoPayment));
             };
-            publish(ctx, name, &p.rec, Some(expire_at), "pay.cache");
+            publish(ctx, name, &p.rec, Some(expire_at), c"pay.cache");
             stats::CREATED.incr();
-            reply_record(ctx, &p.rec, Some("created"));
+            reply_cached(ctx, &p.rec, "created", a.brief);
             Ok(RedisValue::NoReply)
         }
     }
@@ -95,7 +95,7 @@ pub fn update(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         Applied::Unchanged => {}
         Applied::Changed => {
             index().change(p.member, before, p.facts(), p.handle());
-            publish(ctx, name, &p.rec, None, "pay.update");
+            publish(ctx, name, &p.rec, None, c"pay.update");
             stats::UPDATES.incr();
         }
     }
@@ -145,7 +145,7 @@ pub fn stuck(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                         }
                         p.rec.claim(claim.consumer, now, claim.lease_ms);
                         index().change(p.member, before, p.facts(), entry.handle);
-                        publish(ctx, &name, &p.rec, None, "pay.claim");
+                        publish(ctx, &name, &p.rec, None, c"pay.claim");
                         stats::CLAIMS.incr();
                     }
                     reply_record(ctx, &p.rec, None);
@@ -186,9 +186,22 @@ pub fn load(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         key.expire_at(at);
     }
     ctx.replicate_verbatim();
-    ctx.notify_keyspace_event(NotifyEvent::MODULE, "pay.load", name);
+    store::notify(ctx, c"pay.load", name);
     stats::LOADS.incr();
     Ok(RedisValue::SimpleStringStatic("OK"))
+}
+
+/// PAY.CACHE's reply: the outcome, then the record, or with BRIEF only its
+/// status (a map of two fields, in the same shape).
+fn reply_cached(ctx: &Context, r: &Record, outcome: &str, brief: bool) {
+    if !brief {
+        return reply_record(ctx, r, Some(outcome));
+    }
+    let c = ctx.ctx;
+    raw::reply_with_map(c, 2);
+    for s in ["outcome", outcome, "status", r.status.as_str()] {
+        raw::reply_with_string_buffer(c, s.as_ptr().cast::<c_char>(), s.len());
+    }
 }
 
 /// One record as a map (RESP3) or a flat field/value array (RESP2).

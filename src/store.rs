@@ -2,7 +2,7 @@
 //! callbacks, and every event that tells the pending index a record came,
 //! moved or went.
 
-use std::ffi::{c_char, c_int, c_void};
+use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -158,6 +158,7 @@ pub fn check_api() -> Result<(), String> {
         RedisModule_GetDbIdFromOptCtx,
         RedisModule_SelectDb,
         RedisModule_PublishMessage,
+        RedisModule_NotifyKeyspaceEvent,
         RedisModule_CreateTimer,
         RedisModule_StopTimer,
         RedisModule_EmitAOF,
@@ -456,9 +457,31 @@ pub fn publish(
     key: &RedisString,
     rec: &Record,
     expire_at: Option<i64>,
-    event: &str,
+    event: &CStr,
 ) {
-    let blob = codec::encode(rec);
+    thread_local! {
+        /// Reused for every write: one allocation less on the hot path.
+        static BLOB: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BLOB.with_borrow_mut(|blob| {
+        blob.clear();
+        codec::encode_into(rec, blob);
+        replicate(ctx, key, blob, expire_at);
+    });
+    notify(ctx, event, key);
+}
+
+/// Raises a keyspace event of the module class.
+pub fn notify(ctx: &Context, event: &CStr, key: &RedisString) {
+    rm!(RedisModule_NotifyKeyspaceEvent(
+        ctx.ctx,
+        raw::REDISMODULE_NOTIFY_MODULE as c_int,
+        event.as_ptr(),
+        key.inner
+    ));
+}
+
+fn replicate(ctx: &Context, key: &RedisString, blob: &[u8], expire_at: Option<i64>) {
     let (ptr, len) = (blob.as_ptr().cast::<c_char>(), blob.len());
     match expire_at {
         Some(at) => rm!(RedisModule_Replicate(
@@ -480,7 +503,6 @@ pub fn publish(
             len,
         )),
     };
-    ctx.notify_keyspace_event(NotifyEvent::MODULE, event, key);
 }
 
 /// An open key, seen as a payment slot. Closed on drop.

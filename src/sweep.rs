@@ -117,7 +117,7 @@ fn sweep(ctx: &Context) -> bool {
                 let before = p.facts();
                 p.rec.stale = true;
                 index().change(p.member, before, p.facts(), entry.handle);
-                publish(ctx, &name, &p.rec, None, "pay.stale");
+                publish(ctx, &name, &p.rec, None, c"pay.stale");
                 flagged += 1;
             }
             // Expired as the sweep opened it: the free callback dropped it.

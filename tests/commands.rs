@@ -54,6 +54,51 @@ fn duplicate_cache_returns_first_record_and_changes_nothing() {
     assert_eq!(info_field(&mut c, "duplicates"), 1);
 }
 
+/// BRIEF: the same de-duplication, with only the outcome and the status in
+/// the reply (a map of two fields in RESP3, a flat array in RESP2).
+#[test]
+fn brief_cache_replies_outcome_and_status_only() {
+    let s = Server::start();
+    let mut c = s.conn();
+    let mut c3 = s.conn3();
+    let brief = |c: &mut redis::Connection, key: &str, amount: i64| -> redis::RedisResult<Value> {
+        redis::cmd("PAY.CACHE")
+            .arg(key)
+            .arg("u1")
+            .arg(amount)
+            .arg("EUR")
+            .arg("BRIEF")
+            .query(c)
+    };
+    let created = brief(&mut c, "txn_b", 1000).unwrap();
+    assert_eq!(
+        record(&created),
+        BTreeMap::from([
+            ("outcome".to_string(), "created".to_string()),
+            ("status".to_string(), "pending".to_string())
+        ])
+    );
+    // The record is the same as without BRIEF, and BRIEF is idempotent too.
+    let full = check(&mut c, "txn_b").unwrap();
+    assert_eq!(full["amount"], "1000");
+    assert_eq!(full["user_id"], "u1");
+    update(&mut c, "txn_b", "succeeded");
+    let d = digest(&mut c);
+    let again = brief(&mut c3, "txn_b", 1000).unwrap();
+    match &again {
+        Value::Map(m) => assert_eq!(m.len(), 2),
+        other => panic!("RESP3 reply: {other:?}"),
+    }
+    let again = record(&again);
+    assert_eq!(again["outcome"], "duplicate");
+    assert_eq!(again["status"], "succeeded");
+    let err = brief(&mut c, "txn_b", 999).unwrap_err();
+    assert!(err.to_string().contains("MISMATCH"), "{err}");
+    assert_eq!(digest(&mut c), d);
+    assert_eq!(info_field(&mut c, "created"), 1);
+    assert_eq!(info_field(&mut c, "duplicates"), 1);
+}
+
 #[test]
 fn cache_with_other_parameters_is_a_mismatch_and_changes_nothing() {
     let s = Server::start();
