@@ -7,7 +7,7 @@
 //! once: the values Redis frees later, on its lazy-free thread, carry the old
 //! generation and their release is ignored.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 use crate::record::Status;
@@ -22,8 +22,6 @@ pub type Handle = usize;
 pub struct Member {
     slot: u32,
     gen: u32,
-    /// Unique for the life of the process.
-    id: u64,
 }
 
 /// What the index needs to know of a record.
@@ -39,7 +37,6 @@ impl Member {
     pub const NONE: Member = Member {
         slot: u32::MAX,
         gen: 0,
-        id: u64::MAX,
     };
 }
 
@@ -123,15 +120,13 @@ fn live(slots: &mut [Slot], m: Member) -> Option<&mut Slot> {
 #[derive(Default)]
 struct Bulk {
     entries: Vec<Deferred>,
-    /// Ids released before they were listed (expired keys, dropped on load).
-    released: HashSet<u64>,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
 struct Deferred {
     slot: u32,
     stale: bool,
     age: Age,
-    id: u64,
 }
 
 #[derive(Default)]
@@ -139,7 +134,6 @@ pub struct Index {
     slots: Vec<Slot>,
     /// Database number -> slot, for the databases in use.
     db_slot: BTreeMap<i32, u32>,
-    next_id: u64,
     bulk: Option<Bulk>,
 }
 
@@ -166,7 +160,6 @@ impl Index {
         Index {
             slots: Vec::new(),
             db_slot: BTreeMap::new(),
-            next_id: 0,
             bulk: None,
         }
     }
@@ -183,14 +176,9 @@ impl Index {
     /// end calls it; so does every operation but admit and release, so the
     /// index is exact whatever the order of events.
     pub fn settle(&mut self) {
-        let Some(Bulk {
-            mut entries,
-            released,
-        }) = self.bulk.take()
-        else {
+        let Some(Bulk { mut entries }) = self.bulk.take() else {
             return;
         };
-        entries.retain(|e| !released.contains(&e.id));
         entries.sort_unstable_by_key(|e| (e.slot, e.stale, e.age));
         for run in entries.chunk_by(|a, b| (a.slot, a.stale) == (b.slot, b.stale)) {
             let (slot, stale) = (run[0].slot, run[0].stale);
@@ -214,8 +202,6 @@ impl Index {
 
     /// A record enters database `db` under `key` (created, loaded or copied).
     pub fn admit(&mut self, db: i32, handle: Handle, f: Facts) -> Member {
-        let id = self.next_id;
-        self.next_id += 1;
         let slot = self.slot_of(db);
         let s = &mut self.slots[slot];
         match &mut self.bulk {
@@ -225,7 +211,6 @@ impl Index {
                     slot: slot as u32,
                     stale: f.stale,
                     age: (f.created_at, handle),
-                    id,
                 });
             }
             _ => s.enter(f, handle),
@@ -233,7 +218,6 @@ impl Index {
         Member {
             slot: slot as u32,
             gen: s.gen,
-            id,
         }
     }
 
@@ -243,10 +227,19 @@ impl Index {
         let Some(s) = live(&mut self.slots, m) else {
             return false;
         };
-        let listed = s.leave(f, handle);
-        if let (false, Some(bulk)) = (listed, &mut self.bulk) {
-            if f.status == Status::Pending {
-                bulk.released.insert(m.id);
+        let mut listed = s.leave(f, handle);
+        let deferred = !listed && f.status == Status::Pending;
+        if let (true, Some(bulk)) = (deferred, &mut self.bulk) {
+            // Not listed yet: it is among the deferred, most likely the last
+            // one (Redis drops an expired key right after loading it).
+            let gone = Deferred {
+                slot: m.slot,
+                stale: f.stale,
+                age: (f.created_at, handle),
+            };
+            if let Some(i) = bulk.entries.iter().rposition(|e| *e == gone) {
+                bulk.entries.swap_remove(i);
+                listed = true;
             }
         }
         listed
@@ -275,7 +268,6 @@ impl Index {
         Member {
             slot: slot as u32,
             gen: s.gen,
-            id: m.id,
         }
     }
 

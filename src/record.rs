@@ -61,11 +61,12 @@ pub struct Text<'a> {
     pub lease_owner: &'a str,
 }
 
-/// One payment, in 64 bytes plus one allocation for its text: a million
-/// pending payments must cost as little memory as a string per key.
+/// One payment, in 56 bytes plus one allocation for its text: a million
+/// pending payments must cost less memory than a string per key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
-    /// user_id, reason, provider_ref, lease owner and key, end to end.
+    /// user_id, reason, provider_ref, lease owner (then, while a lease is
+    /// held, its deadline: 8 bytes little-endian) and key, end to end.
     text: Box<[u8]>,
     user_id_len: u8,
     reason_len: u16,
@@ -81,8 +82,6 @@ pub struct Record {
     /// Unix ms, chosen once on the primary.
     pub created_at: i64,
     pub updated_at: i64,
-    /// When the lease runs out (Unix ms); meaningful while a lease is held.
-    lease_until: i64,
 }
 
 /// Text packed for a record: the bytes and the lengths of its fields.
@@ -94,17 +93,29 @@ struct Packed {
 }
 
 impl Packed {
-    fn new(t: Text<'_>) -> Packed {
+    /// `lease_until` is kept only when `t` names a lease owner.
+    fn new(t: Text<'_>, lease_until: i64) -> Packed {
         let user_id = fit(t.user_id, u8::MAX.into());
         let reason = fit(t.reason, u16::MAX.into());
         let provider_ref = fit(t.provider_ref, u8::MAX.into());
         let owner = fit(t.lease_owner, u8::MAX.into());
+        let until = if owner.is_empty() {
+            &[][..]
+        } else {
+            &lease_until.to_le_bytes()[..]
+        };
         let mut text = Vec::with_capacity(
-            user_id.len() + reason.len() + provider_ref.len() + owner.len() + t.key.len(),
+            user_id.len()
+                + reason.len()
+                + provider_ref.len()
+                + owner.len()
+                + until.len()
+                + t.key.len(),
         );
         for part in [user_id, reason, provider_ref, owner] {
             text.extend_from_slice(part.as_bytes());
         }
+        text.extend_from_slice(until);
         text.extend_from_slice(t.key);
         // Each length was fitted to its field's width just above.
         let short = |s: &str| u8::try_from(s.len()).unwrap_or(u8::MAX);
@@ -184,34 +195,45 @@ impl Record {
             created_at,
             updated_at: created_at,
             attempts: 0,
-            lease_until: 0,
         };
-        r.set_text(text);
-        if r.owner_len > 0 {
-            r.lease_until = lease_until;
-        }
+        r.install(Packed::new(text, lease_until));
         r
     }
 
-    /// The variable-length fields, borrowed.
-    pub fn text(&self) -> Text<'_> {
+    /// The variable-length fields, borrowed, and the lease deadline (0: none).
+    fn unpack(&self) -> (Text<'_>, i64) {
         let mut rest = &self.text[..];
         let user_id = cut(&mut rest, usize::from(self.user_id_len));
         let reason = cut(&mut rest, usize::from(self.reason_len));
         let provider_ref = cut(&mut rest, usize::from(self.ref_len));
         let lease_owner = cut(&mut rest, usize::from(self.owner_len));
-        Text {
+        let mut until = 0;
+        if !lease_owner.is_empty() {
+            if let Some((bytes, tail)) = rest.split_first_chunk::<8>() {
+                until = i64::from_le_bytes(*bytes);
+                rest = tail;
+            }
+        }
+        let text = Text {
             key: rest,
             user_id,
             reason,
             provider_ref,
             lease_owner,
-        }
+        };
+        (text, until)
     }
 
-    /// Replaces the variable-length fields with one new allocation.
+    /// The variable-length fields, borrowed.
+    pub fn text(&self) -> Text<'_> {
+        self.unpack().0
+    }
+
+    /// Replaces the variable-length fields with one new allocation; a lease
+    /// held stays (its owner is part of `t`).
     pub fn set_text(&mut self, t: Text<'_>) {
-        self.install(Packed::new(t));
+        let until = self.unpack().1;
+        self.install(Packed::new(t, until));
     }
 
     fn install(&mut self, p: Packed) {
@@ -228,7 +250,8 @@ impl Record {
     /// Follows the record to a new key (RENAME, COPY).
     pub fn set_key(&mut self, key: &[u8]) {
         if self.key() != key {
-            self.install(Packed::new(Text { key, ..self.text() }));
+            let (text, until) = self.unpack();
+            self.install(Packed::new(Text { key, ..text }, until));
         }
     }
 
@@ -246,21 +269,19 @@ impl Record {
 
     /// The lease, if one was granted (live or run out).
     pub fn lease(&self) -> Option<Lease<'_>> {
-        let owner = self.text().lease_owner;
-        (!owner.is_empty()).then_some(Lease {
-            owner,
-            until: self.lease_until,
-        })
+        let (text, until) = self.unpack();
+        let owner = text.lease_owner;
+        (!owner.is_empty()).then_some(Lease { owner, until })
     }
 
     /// Grants (`Some`) or drops (`None`) the lease. An owner is never empty.
     pub fn set_lease(&mut self, lease: Option<Lease<'_>>) {
         let (owner, until) = lease.map_or(("", 0), |l| (l.owner, l.until));
-        self.install(Packed::new(Text {
+        let text = Text {
             lease_owner: owner,
             ..self.text()
-        }));
-        self.lease_until = if owner.is_empty() { 0 } else { until };
+        };
+        self.install(Packed::new(text, until));
     }
 
     pub fn currency_str(&self) -> &str {
@@ -304,7 +325,7 @@ impl Record {
             (_, to) => {
                 self.status = to;
                 let resolved = to.is_terminal();
-                let old = self.text();
+                let (old, until) = self.unpack();
                 let text = Text {
                     reason: update.reason.unwrap_or(old.reason),
                     provider_ref: update.provider_ref.unwrap_or(old.provider_ref),
@@ -313,11 +334,10 @@ impl Record {
                     ..old
                 };
                 if text != old {
-                    self.install(Packed::new(text));
+                    self.install(Packed::new(text, until));
                 }
                 if resolved {
                     // No retry is due.
-                    self.lease_until = 0;
                     self.stale = false;
                 }
                 self.updated_at = self.updated_at.max(now);
@@ -545,8 +565,8 @@ mod tests {
     }
 
     #[test]
-    fn a_record_is_64_bytes_and_its_text_survives_every_edit() {
-        assert_eq!(std::mem::size_of::<Record>(), 64);
+    fn a_record_is_56_bytes_and_its_text_survives_every_edit() {
+        assert_eq!(std::mem::size_of::<Record>(), 56);
         let mut r = pending();
         r.set_lease(Some(Lease {
             owner: "wörker",
@@ -568,7 +588,7 @@ mod tests {
         };
         assert_eq!(r.text(), expect);
         assert_eq!(r.lease().map(|l| l.until), Some(7));
-        assert_eq!(r.heap_size(), 9 + 5 + 10 + 4 + 7);
+        assert_eq!(r.heap_size(), 9 + 5 + 10 + 4 + 7 + 8);
         r.set_lease(None);
         assert_eq!(r.lease(), None);
         assert_eq!(r.text().key, b"renamed:\xff");

@@ -34,6 +34,9 @@ pub struct Payment {
     pub member: Member,
 }
 
+// One allocator size class: 64 bytes per payment, plus its text.
+const _: () = assert!(std::mem::size_of::<Payment>() == 64);
+
 impl Payment {
     /// A new payment in database `db`, entered in the index under its address.
     pub fn admitted(db: i32, rec: Record) -> Box<Payment> {
