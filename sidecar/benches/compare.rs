@@ -10,7 +10,8 @@
 //! 5. pay-sidecar throughput against the stand-in provider, as a fraction of
 //!    the ideal (concurrency / latency).
 //!
-//! Environment: BENCH_RECORDS (default 1000000), BENCH_OPS (default 200000).
+//! Environment: BENCH_RECORDS (default 1000000), BENCH_OPS (default 100000),
+//! BENCH_ONLY (e.g. `2,4`: only those sections, printed, BENCHMARKS.md untouched).
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -338,7 +339,7 @@ fn verdict(ok: bool) -> &'static str {
 
 fn main() {
     let records = env_usize("BENCH_RECORDS", 1_000_000);
-    let ops = env_usize("BENCH_OPS", 200_000);
+    let ops = env_usize("BENCH_OPS", 100_000);
     let mut md = String::new();
     let version = {
         let s = Server::start();
