@@ -44,6 +44,9 @@ pub static DEFAULT_TTL: Tunable = Tunable::new("default-ttl", 86_400, 1, MAX_TTL
 
 /// Most payments one sweeper tick flags: bounds the event-loop stall.
 pub const SWEEP_BATCH: usize = 500;
+/// Most time one sweeper tick spends flagging, whatever the machine's speed:
+/// it stops early and comes back 1 ms later.
+pub const SWEEP_BUDGET: std::time::Duration = std::time::Duration::from_millis(1);
 
 pub static TUNABLES: [&Tunable; 4] = [
     &STALE_AFTER_MS,

@@ -119,14 +119,8 @@ fn live(slots: &mut [Slot], m: Member) -> Option<&mut Slot> {
 /// whole rest of the load, while one sort and a bulk build cost little.
 #[derive(Default)]
 struct Bulk {
-    entries: Vec<Deferred>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Deferred {
-    slot: u32,
-    stale: bool,
-    age: Age,
+    /// Per (slot, stale): the places still to list, in load order.
+    entries: BTreeMap<(u32, bool), Vec<Age>>,
 }
 
 #[derive(Default)]
@@ -176,13 +170,13 @@ impl Index {
     /// end calls it; so does every operation but admit and release, so the
     /// index is exact whatever the order of events.
     pub fn settle(&mut self) {
-        let Some(Bulk { mut entries }) = self.bulk.take() else {
+        let Some(Bulk { entries }) = self.bulk.take() else {
             return;
         };
-        entries.sort_unstable_by_key(|e| (e.slot, e.stale, e.age));
-        for run in entries.chunk_by(|a, b| (a.slot, a.stale) == (b.slot, b.stale)) {
-            let (slot, stale) = (run[0].slot, run[0].stale);
-            let mut built: BTreeSet<Age> = run.iter().map(|e| e.age).collect();
+        for ((slot, stale), mut ages) in entries {
+            ages.sort_unstable();
+            // From sorted input, the set is built bottom-up with full nodes.
+            let mut built: BTreeSet<Age> = ages.into_iter().collect();
             if let Some(s) = self.slots.get_mut(slot as usize) {
                 s.map(stale).append(&mut built);
             }
@@ -207,11 +201,10 @@ impl Index {
         match &mut self.bulk {
             Some(bulk) if f.status == Status::Pending => {
                 s.tally(f, true);
-                bulk.entries.push(Deferred {
-                    slot: slot as u32,
-                    stale: f.stale,
-                    age: (f.created_at, handle),
-                });
+                bulk.entries
+                    .entry((slot as u32, f.stale))
+                    .or_default()
+                    .push((f.created_at, handle));
             }
             _ => s.enter(f, handle),
         }
@@ -232,14 +225,12 @@ impl Index {
         if let (true, Some(bulk)) = (deferred, &mut self.bulk) {
             // Not listed yet: it is among the deferred, most likely the last
             // one (Redis drops an expired key right after loading it).
-            let gone = Deferred {
-                slot: m.slot,
-                stale: f.stale,
-                age: (f.created_at, handle),
-            };
-            if let Some(i) = bulk.entries.iter().rposition(|e| *e == gone) {
-                bulk.entries.swap_remove(i);
-                listed = true;
+            if let Some(ages) = bulk.entries.get_mut(&(m.slot, f.stale)) {
+                let gone = (f.created_at, handle);
+                if let Some(i) = ages.iter().rposition(|&a| a == gone) {
+                    ages.swap_remove(i);
+                    listed = true;
+                }
             }
         }
         listed

@@ -3,8 +3,9 @@
 //! It runs on a primary only: armed at load when the server is a primary,
 //! armed when a replica is promoted, stopped when a primary is demoted. A
 //! sweep runs every `pay.sweep-interval-ms` and flags at most
-//! [`SWEEP_BATCH`] payments, replicating each flag as a value; after a full
-//! batch the next sweep comes 1 ms later, so a mass of newly stale payments
+//! [`SWEEP_BATCH`] payments, for at most [`SWEEP_BUDGET`], replicating each
+//! flag as a value; after a full batch (or a spent budget) the next sweep
+//! comes 1 ms later, so a mass of newly stale payments
 //! drains quickly while clients are served between batches. The timer wakes
 //! at least every [`MAX_TICK_MS`], so `CONFIG SET pay.sweep-interval-ms`
 //! takes effect within that time.
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use redis_module::{raw, Context, RedisString};
 
-use crate::config::{STALE_AFTER_MS, SWEEP_BATCH, SWEEP_INTERVAL_MS};
+use crate::config::{STALE_AFTER_MS, SWEEP_BATCH, SWEEP_BUDGET, SWEEP_INTERVAL_MS};
 use crate::record::Status;
 use crate::stats;
 use crate::store::{index, listed_key, now_ms, publish, rm, PayKey, Payment};
@@ -100,7 +101,12 @@ fn sweep(ctx: &Context) -> bool {
     let batch = index().stale_candidates(cutoff, SWEEP_BATCH, first_db);
     let mut flagged = 0u64;
     let mut db = None;
+    let mut done = 0;
     for (entry_db, entry) in &batch {
+        if done % 32 == 0 && done > 0 && started.elapsed() >= SWEEP_BUDGET {
+            break;
+        }
+        done += 1;
         if db != Some(*entry_db) {
             rm!(RedisModule_SelectDb(ctx.ctx, *entry_db));
             db = Some(*entry_db);
@@ -139,9 +145,9 @@ fn sweep(ctx: &Context) -> bool {
     stats::FLAGGED.add(flagged);
     stats::SWEEP_LAST_US.set(micros);
     stats::SWEEP_MAX_US.raise(micros);
-    stats::SWEEP_MAX_BATCH.raise(batch.len() as u64);
-    let full = batch.len() >= SWEEP_BATCH;
-    let next = match batch.last() {
+    stats::SWEEP_MAX_BATCH.raise(done as u64);
+    let full = done < batch.len() || batch.len() >= SWEEP_BATCH;
+    let next = match batch.get(..done).and_then(<[_]>::last) {
         Some((last_db, _)) if full => last_db + 1,
         _ => 0,
     };
