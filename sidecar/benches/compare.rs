@@ -515,21 +515,7 @@ fn main() {
             .unwrap()
             .as_millis() as i64;
         let since_old = (now_ms - gap_middle).max(1);
-        let pinger = Pinger::start(&s);
-        thread::sleep(Duration::from_millis(200));
-        let t = Instant::now();
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("pay.stale-after-ms")
-            .arg(since_old)
-            .query(&mut c)
-            .unwrap();
-        while info_field(&mut c, "flagged") < stale as i64 {
-            thread::sleep(Duration::from_millis(5));
-        }
-        let flag_all = t.elapsed();
-        thread::sleep(Duration::from_millis(200));
-        let (sweep_stall, _, _) = pinger.finish();
+        let (flag_all, (sweep_stall, _, _)) = timed_mass_sweep(&s, &mut c, since_old, stale as i64);
         let longest_tick_us = info_field(&mut c, "sweep_max_us");
         // As long a window as the sweep's, so both see as much of the noise.
         let pinger = Pinger::start(&s);

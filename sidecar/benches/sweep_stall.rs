@@ -27,21 +27,7 @@ fn main() {
     thread::sleep(Duration::from_millis(20));
 
     // 1. Mass staleness: every pending payment goes stale at once.
-    let pinger = Pinger::start(&s);
-    thread::sleep(Duration::from_millis(200));
-    let t = Instant::now();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("pay.stale-after-ms")
-        .arg(1)
-        .query(&mut c)
-        .unwrap();
-    while info_field(&mut c, "flagged") < N as i64 {
-        thread::sleep(Duration::from_millis(5));
-    }
-    let flag_all = t.elapsed();
-    thread::sleep(Duration::from_millis(200));
-    let (sweep_max, sweep_p99, sweep_n) = pinger.finish();
+    let (flag_all, (sweep_max, sweep_p99, sweep_n)) = timed_mass_sweep(&s, &mut c, 1, N as i64);
     let tick_max_us = info_field(&mut c, "sweep_max_us");
     let batch = info_field(&mut c, "sweep_max_batch");
 

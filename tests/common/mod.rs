@@ -603,3 +603,29 @@ impl Pinger {
         (samples[n - 1], p99, n)
     }
 }
+
+/// Sets `pay.stale-after-ms` and waits until the sweeper has flagged
+/// `flagged` payments in all, while a [`Pinger`] watches from 200 ms before
+/// to 200 ms after. Returns the time to flag them and the PING figures.
+pub fn timed_mass_sweep(
+    s: &Server,
+    c: &mut Connection,
+    stale_after_ms: i64,
+    flagged: i64,
+) -> (Duration, (Duration, Duration, usize)) {
+    let pinger = Pinger::start(s);
+    sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("pay.stale-after-ms")
+        .arg(stale_after_ms)
+        .query(c)
+        .unwrap();
+    while info_field(c, "flagged") < flagged {
+        sleep(Duration::from_millis(5));
+    }
+    let took = t.elapsed();
+    sleep(Duration::from_millis(200));
+    (took, pinger.finish())
+}
