@@ -56,14 +56,7 @@ fn one_sidecar_finishes_stale_payments_on_every_primary() {
     let mut cc = client.get_connection().unwrap();
     let keys: BTreeSet<String> = (0..300).map(|i| format!("txn:{i}")).collect();
     for k in &keys {
-        let v: redis::Value = redis::cmd("PAY.CACHE")
-            .arg(k)
-            .arg("u")
-            .arg(1000)
-            .arg("USD")
-            .query(&mut cc)
-            .unwrap();
-        assert_eq!(record(&v)["outcome"], "created");
+        assert_eq!(cache_outcome(&mut cc, k), "created");
     }
     // Each primary lists only its own payments; together, all of them.
     std::thread::sleep(Duration::from_millis(300));
@@ -121,14 +114,7 @@ fn one_sidecar_finishes_stale_payments_on_every_primary() {
     assert_eq!(seen, keys, "a payment went missing in the reshard");
     let mut cc = client.get_connection().unwrap();
     for k in &keys {
-        let v: redis::Value = redis::cmd("PAY.CACHE")
-            .arg(k)
-            .arg("u")
-            .arg(1000)
-            .arg("USD")
-            .query(&mut cc)
-            .unwrap();
-        assert_eq!(record(&v)["outcome"], "duplicate", "{k}");
+        assert_eq!(cache_outcome(&mut cc, k), "duplicate", "{k}");
     }
 
     let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 9);
@@ -158,4 +144,16 @@ fn one_sidecar_finishes_stale_payments_on_every_primary() {
         assert!(info_field(&mut c, "records_succeeded") > 0);
         assert_index_exact(&mut c, &[0]);
     }
+}
+
+/// PAY.CACHE of one payment through the cluster client: its outcome.
+fn cache_outcome(cc: &mut redis::cluster::ClusterConnection, key: &str) -> String {
+    let v: redis::Value = redis::cmd("PAY.CACHE")
+        .arg(key)
+        .arg("u")
+        .arg(1000)
+        .arg("USD")
+        .query(cc)
+        .unwrap();
+    record(&v)["outcome"].clone()
 }
