@@ -29,8 +29,9 @@ pub fn encode_into(r: &Record, out: &mut Vec<u8>) {
     if r.stale {
         flags |= FLAG_STALE;
     }
-    let lease = r.lease();
-    if lease.is_some() {
+    let text = r.text();
+    let leased = !text.lease_owner.is_empty();
+    if leased {
         flags |= FLAG_LEASED;
     }
     out.push(VERSION);
@@ -41,13 +42,12 @@ pub fn encode_into(r: &Record, out: &mut Vec<u8>) {
     out.extend_from_slice(&r.created_at.to_le_bytes());
     out.extend_from_slice(&r.updated_at.to_le_bytes());
     out.extend_from_slice(&r.attempts.to_le_bytes());
-    let text = r.text();
     put_str(out, text.user_id);
     put_str(out, text.reason);
     put_str(out, text.provider_ref);
-    if let Some(lease) = lease {
-        put_str(out, lease.owner);
-        out.extend_from_slice(&lease.until.to_le_bytes());
+    if leased {
+        put_str(out, text.lease_owner);
+        out.extend_from_slice(&text.lease_until.to_le_bytes());
     }
 }
 
@@ -123,9 +123,9 @@ pub fn decode(key: &[u8], bytes: &[u8]) -> Result<Record, DecodeError> {
         reason,
         provider_ref,
         lease_owner: lease.map_or("", |l| l.owner),
+        lease_until: lease.map_or(0, |l| l.until),
     };
-    let lease_until = lease.map_or(0, |l| l.until);
-    let mut r = Record::with_text(text, lease_until, amount, currency, created_at);
+    let mut r = Record::with_text(text, amount, currency, created_at);
     r.status = status;
     r.stale = flags & FLAG_STALE != 0;
     r.updated_at = updated_at;
@@ -190,8 +190,9 @@ mod tests {
             reason: "bank timeout: é",
             provider_ref: "",
             lease_owner: "worker-1",
+            lease_until: created + 30_000,
         };
-        let mut r = Record::with_text(text, created + 30_000, 1000, *b"USD", created);
+        let mut r = Record::with_text(text, 1000, *b"USD", created);
         r.stale = true;
         r.attempts = 3;
         r.updated_at += 5;
@@ -209,7 +210,7 @@ mod tests {
             provider_ref: "ch_1",
             ..Text::default()
         };
-        let mut done = Record::with_text(text, 0, i64::MAX, *b"JPY", 1);
+        let mut done = Record::with_text(text, i64::MAX, *b"JPY", 1);
         done.status = Status::Failed;
         assert_eq!(decode(b"k", &encode(&done)), Ok(done));
     }

@@ -245,5 +245,5 @@ fn reply_record(ctx: &Context, r: &Record, outcome: Option<&str>) {
     bulk(b"lease_owner");
     bulk(text.lease_owner.as_bytes());
     bulk(b"lease_until");
-    int(r.lease().map_or(0, |l| l.until));
+    int(text.lease_until);
 }

@@ -69,10 +69,10 @@ fn record() -> impl Strategy<Value = Record> {
                     reason: &reason,
                     provider_ref: reference.as_deref().unwrap_or_default(),
                     lease_owner: lease.as_ref().map_or("", |(owner, _)| owner),
+                    lease_until: lease.as_ref().map_or(0, |(_, until)| *until),
                 };
-                let until = lease.as_ref().map_or(0, |(_, until)| *until);
                 let currency = cur.as_bytes().try_into().unwrap_or(*b"USD");
-                let mut r = Record::with_text(text, until, amount, currency, created);
+                let mut r = Record::with_text(text, amount, currency, created);
                 r.status = status;
                 r.stale = stale && pending;
                 r.updated_at = created + later;

@@ -49,7 +49,8 @@ pub struct Lease<'a> {
     pub until: i64,
 }
 
-/// The variable-length fields of a record.
+/// The variable-length fields of a record, and the lease deadline that is
+/// stored with them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Text<'a> {
     /// The transaction id: the key the record lives under.
@@ -59,6 +60,8 @@ pub struct Text<'a> {
     pub provider_ref: &'a str,
     /// The lease holder; empty when no lease is held.
     pub lease_owner: &'a str,
+    /// When the lease runs out (Unix ms); 0, and not stored, without an owner.
+    pub lease_until: i64,
 }
 
 /// One payment, in 56 bytes plus one allocation for its text: a million
@@ -93,8 +96,8 @@ struct Packed {
 }
 
 impl Packed {
-    /// `lease_until` is kept only when `t` names a lease owner.
-    fn new(t: Text<'_>, lease_until: i64) -> Packed {
+    /// `t.lease_until` is kept only when `t` names a lease owner.
+    fn new(t: Text<'_>) -> Packed {
         let user_id = fit(t.user_id, u8::MAX.into());
         let reason = fit(t.reason, u16::MAX.into());
         let provider_ref = fit(t.provider_ref, u8::MAX.into());
@@ -102,7 +105,7 @@ impl Packed {
         let until = if owner.is_empty() {
             &[][..]
         } else {
-            &lease_until.to_le_bytes()[..]
+            &t.lease_until.to_le_bytes()[..]
         };
         let mut text = Vec::with_capacity(
             user_id.len()
@@ -170,18 +173,11 @@ impl Record {
             user_id,
             ..Text::default()
         };
-        Record::with_text(text, 0, amount, currency, now)
+        Record::with_text(text, amount, currency, now)
     }
 
-    /// A pending record with all its text; `lease_until` counts only when
-    /// `text` names a lease owner.
-    pub fn with_text(
-        text: Text<'_>,
-        lease_until: i64,
-        amount: i64,
-        currency: [u8; 3],
-        created_at: i64,
-    ) -> Record {
+    /// A pending record with all its text.
+    pub fn with_text(text: Text<'_>, amount: i64, currency: [u8; 3], created_at: i64) -> Record {
         let mut r = Record {
             text: Box::default(),
             user_id_len: 0,
@@ -196,44 +192,32 @@ impl Record {
             updated_at: created_at,
             attempts: 0,
         };
-        r.install(Packed::new(text, lease_until));
+        r.install(Packed::new(text));
         r
     }
 
-    /// The variable-length fields, borrowed, and the lease deadline (0: none).
-    fn unpack(&self) -> (Text<'_>, i64) {
+    /// The variable-length fields, borrowed, and the lease deadline.
+    pub fn text(&self) -> Text<'_> {
         let mut rest = &self.text[..];
         let user_id = cut(&mut rest, usize::from(self.user_id_len));
         let reason = cut(&mut rest, usize::from(self.reason_len));
         let provider_ref = cut(&mut rest, usize::from(self.ref_len));
         let lease_owner = cut(&mut rest, usize::from(self.owner_len));
-        let mut until = 0;
+        let mut lease_until = 0;
         if !lease_owner.is_empty() {
             if let Some((bytes, tail)) = rest.split_first_chunk::<8>() {
-                until = i64::from_le_bytes(*bytes);
+                lease_until = i64::from_le_bytes(*bytes);
                 rest = tail;
             }
         }
-        let text = Text {
+        Text {
             key: rest,
             user_id,
             reason,
             provider_ref,
             lease_owner,
-        };
-        (text, until)
-    }
-
-    /// The variable-length fields, borrowed.
-    pub fn text(&self) -> Text<'_> {
-        self.unpack().0
-    }
-
-    /// Replaces the variable-length fields with one new allocation; a lease
-    /// held stays (its owner is part of `t`).
-    pub fn set_text(&mut self, t: Text<'_>) {
-        let until = self.unpack().1;
-        self.install(Packed::new(t, until));
+            lease_until,
+        }
     }
 
     fn install(&mut self, p: Packed) {
@@ -250,8 +234,7 @@ impl Record {
     /// Follows the record to a new key (RENAME, COPY).
     pub fn set_key(&mut self, key: &[u8]) {
         if self.key() != key {
-            let (text, until) = self.unpack();
-            self.install(Packed::new(Text { key, ..text }, until));
+            self.install(Packed::new(Text { key, ..self.text() }));
         }
     }
 
@@ -259,19 +242,13 @@ impl Record {
         self.text().user_id
     }
 
-    pub fn reason(&self) -> &str {
-        self.text().reason
-    }
-
-    pub fn provider_ref(&self) -> &str {
-        self.text().provider_ref
-    }
-
     /// The lease, if one was granted (live or run out).
     pub fn lease(&self) -> Option<Lease<'_>> {
-        let (text, until) = self.unpack();
-        let owner = text.lease_owner;
-        (!owner.is_empty()).then_some(Lease { owner, until })
+        let t = self.text();
+        (!t.lease_owner.is_empty()).then_some(Lease {
+            owner: t.lease_owner,
+            until: t.lease_until,
+        })
     }
 
     /// Grants (`Some`) or drops (`None`) the lease. An owner is never empty.
@@ -279,9 +256,10 @@ impl Record {
         let (owner, until) = lease.map_or(("", 0), |l| (l.owner, l.until));
         let text = Text {
             lease_owner: owner,
+            lease_until: until,
             ..self.text()
         };
-        self.install(Packed::new(text, until));
+        self.install(Packed::new(text));
     }
 
     pub fn currency_str(&self) -> &str {
@@ -325,16 +303,17 @@ impl Record {
             (_, to) => {
                 self.status = to;
                 let resolved = to.is_terminal();
-                let (old, until) = self.unpack();
+                let old = self.text();
                 let text = Text {
                     reason: update.reason.unwrap_or(old.reason),
                     provider_ref: update.provider_ref.unwrap_or(old.provider_ref),
                     // Resolved: no worker holds it any more.
                     lease_owner: if resolved { "" } else { old.lease_owner },
+                    lease_until: if resolved { 0 } else { old.lease_until },
                     ..old
                 };
                 if text != old {
-                    self.install(Packed::new(text, until));
+                    self.install(Packed::new(text));
                 }
                 if resolved {
                     // No retry is due.
@@ -410,7 +389,7 @@ impl Record {
             reason: text.reason,
             provider_ref: text.provider_ref,
             lease_owner: text.lease_owner,
-            lease_until: self.lease().map_or(0, |l| l.until),
+            lease_until: text.lease_until,
         };
         // Serializing plain strings and integers cannot fail.
         serde_json::to_string(&json).unwrap_or_default()
@@ -488,7 +467,7 @@ mod tests {
             provider_ref: None,
         };
         assert_eq!(r.apply(&upd, r.created_at + 10), Ok(Applied::Changed));
-        assert_eq!(r.reason(), "bank timeout");
+        assert_eq!(r.text().reason, "bank timeout");
         assert_eq!(r.status, Status::Pending);
         assert_eq!(r.lease().map(|l| l.owner), Some("w1"));
         assert_eq!(r.user_id(), "67890");
@@ -511,7 +490,7 @@ mod tests {
         };
         assert_eq!(r.apply(&upd, r.created_at + 1), Ok(Applied::Changed));
         assert_eq!(r.status, Status::Succeeded);
-        assert_eq!(r.provider_ref(), "ch_1");
+        assert_eq!(r.text().provider_ref, "ch_1");
         assert!(r.lease().is_none());
         assert!(!r.leased_at(0));
         assert!(!r.stale);
@@ -585,6 +564,7 @@ mod tests {
             reason: "timeout é",
             provider_ref: "ch_9",
             lease_owner: "wörker",
+            lease_until: 7,
         };
         assert_eq!(r.text(), expect);
         assert_eq!(r.lease().map(|l| l.until), Some(7));
