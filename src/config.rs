@@ -2,6 +2,7 @@
 //! that Redis reads and writes through `CONFIG GET/SET`.
 
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use crate::args::{parse_int, MAX_TTL_SECS};
 
@@ -48,6 +49,17 @@ pub const SWEEP_BATCH: usize = 500;
 /// it stops early and comes back 1 ms later.
 pub const SWEEP_BUDGET: std::time::Duration = std::time::Duration::from_millis(1);
 
+/// `pay.key-prefix`: the namespace stripped from keys to give the
+/// transaction id (`payment:` makes `payment:txn_1` transaction `txn_1`).
+/// Empty by default.
+pub static KEY_PREFIX: Mutex<String> = Mutex::new(String::new());
+pub const KEY_PREFIX_NAME: &str = "key-prefix";
+
+/// The current key prefix.
+pub fn key_prefix() -> MutexGuard<'static, String> {
+    KEY_PREFIX.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub static TUNABLES: [&Tunable; 4] = [
     &STALE_AFTER_MS,
     &ALERT_AFTER_MS,
@@ -55,45 +67,65 @@ pub static TUNABLES: [&Tunable; 4] = [
     &DEFAULT_TTL,
 ];
 
+/// What the module arguments set at start-up.
+#[derive(Debug, PartialEq, Eq)]
+pub struct StartValues {
+    /// One per tunable, in `TUNABLES` order.
+    pub ints: [i64; 4],
+    pub key_prefix: String,
+}
+
 /// Reads module arguments (`--loadmodule path stale-after-ms 500 ...`) into
-/// start-up values, one per tunable, in `TUNABLES` order. The name may carry
-/// the `pay.` prefix. Anything unknown or malformed is an error: a payment
-/// server must not start on settings it silently ignored.
-pub fn start_values(args: &[&[u8]]) -> Result<[i64; 4], String> {
+/// start-up values. The name may carry the `pay.` prefix. Anything unknown or
+/// malformed is an error: a payment server must not start on settings it
+/// silently ignored.
+pub fn start_values(args: &[&[u8]]) -> Result<StartValues, String> {
     let mut values = TUNABLES.map(|t| t.default);
-    let mut seen = [false; 4];
+    let mut seen = [false; 5];
+    let mut key_prefix = String::new();
     let mut rest = args;
     while let [name, tail @ ..] = rest {
         let shown = String::from_utf8_lossy(name);
         let bare = name.strip_prefix(b"pay.").unwrap_or(name);
-        let Some(i) = TUNABLES.iter().position(|t| t.name.as_bytes() == bare) else {
-            let known: Vec<&str> = TUNABLES.iter().map(|t| t.name).collect();
-            return Err(format!(
-                "unknown module argument '{shown}' (known: {})",
-                known.join(", ")
-            ));
-        };
-        let t = TUNABLES[i];
         let [value, tail @ ..] = tail else {
             return Err(format!("module argument '{shown}' needs a value"));
         };
-        match parse_int(value) {
-            Some(v) if (t.min..=t.max).contains(&v) => values[i] = v,
-            _ => {
+        let i = if bare == KEY_PREFIX_NAME.as_bytes() {
+            key_prefix = std::str::from_utf8(value)
+                .map_err(|_| format!("module argument '{shown}' must be UTF-8 text"))?
+                .to_string();
+            TUNABLES.len()
+        } else {
+            let Some(i) = TUNABLES.iter().position(|t| t.name.as_bytes() == bare) else {
+                let known: Vec<&str> = TUNABLES.iter().map(|t| t.name).collect();
                 return Err(format!(
-                    "module argument '{shown}' must be an integer from {} to {}, got '{}'",
-                    t.min,
-                    t.max,
-                    String::from_utf8_lossy(value)
-                ))
+                    "unknown module argument '{shown}' (known: {}, {KEY_PREFIX_NAME})",
+                    known.join(", ")
+                ));
+            };
+            let t = TUNABLES[i];
+            match parse_int(value) {
+                Some(v) if (t.min..=t.max).contains(&v) => values[i] = v,
+                _ => {
+                    return Err(format!(
+                        "module argument '{shown}' must be an integer from {} to {}, got '{}'",
+                        t.min,
+                        t.max,
+                        String::from_utf8_lossy(value)
+                    ))
+                }
             }
-        }
+            i
+        };
         if std::mem::replace(&mut seen[i], true) {
             return Err(format!("module argument '{shown}' given more than once"));
         }
         rest = tail;
     }
-    Ok(values)
+    Ok(StartValues {
+        ints: values,
+        key_prefix,
+    })
 }
 
 #[cfg(test)]
@@ -102,13 +134,19 @@ mod tests {
 
     #[test]
     fn no_arguments_give_the_defaults() {
-        assert_eq!(start_values(&[]), Ok([300_000, 600_000, 1000, 86_400]));
+        let v = start_values(&[]).unwrap();
+        assert_eq!(v.ints, [300_000, 600_000, 1000, 86_400]);
+        assert_eq!(v.key_prefix, "");
     }
 
     #[test]
     fn plain_and_prefixed_names_are_accepted() {
         let v = start_values(&[b"stale-after-ms", b"500", b"pay.default-ttl", b"60"]).unwrap();
-        assert_eq!(v, [500, 600_000, 1000, 60]);
+        assert_eq!(v.ints, [500, 600_000, 1000, 60]);
+        let v = start_values(&[b"pay.key-prefix", b"payment:"]).unwrap();
+        assert_eq!(v.key_prefix, "payment:");
+        let e = start_values(&[b"key-prefix", b"a", b"key-prefix", b"b"]).unwrap_err();
+        assert!(e.contains("more than once"), "{e}");
     }
 
     #[test]

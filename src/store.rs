@@ -53,6 +53,7 @@ impl Payment {
             created_at: self.rec.created_at,
             status: self.rec.status,
             stale: self.rec.stale,
+            until: self.rec.held_until(),
         }
     }
 

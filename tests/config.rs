@@ -34,6 +34,9 @@ fn config_set_applies_and_ranges_are_enforced() {
     assert_eq!(get(&mut c, "pay.default-ttl"), 60);
     cache(&mut c, "k", "u", 1, "USD");
     let ttl: i64 = redis::cmd("TTL").arg("k").query(&mut c).unwrap();
+    assert_eq!(ttl, -1, "pending payments never expire");
+    update(&mut c, "k", "succeeded");
+    let ttl: i64 = redis::cmd("TTL").arg("k").query(&mut c).unwrap();
     assert!((59..=60).contains(&ttl), "{ttl}");
     for (name, bad) in [
         ("pay.default-ttl", "0"),

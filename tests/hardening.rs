@@ -130,13 +130,12 @@ fn failover_keeps_acknowledged_payments_leases_and_flags() {
         &mut p,
         "records_stale"
     ) == 200));
-    let claimed: Value = redis::cmd("PAY.STUCK")
-        .arg("COUNT")
-        .arg(10)
-        .arg("CLAIM")
+    let claimed: Value = redis::cmd("PAY.CLAIM")
         .arg("worker-1")
         .arg("LEASE")
         .arg(600_000)
+        .arg("COUNT")
+        .arg(10)
         .query(&mut p)
         .unwrap();
     let Value::Array(claimed) = claimed else {
@@ -167,12 +166,11 @@ fn failover_keeps_acknowledged_payments_leases_and_flags() {
         .filter(|rec| rec["lease_owner"] == "worker-1")
         .count();
     assert_eq!(leased, 10);
-    let other: Value = redis::cmd("PAY.STUCK")
-        .arg("COUNT")
-        .arg(1000)
-        .arg("CLAIM")
+    let other: Value = redis::cmd("PAY.CLAIM")
         .arg("worker-2")
         .arg("LEASE")
+        .arg(1000)
+        .arg("COUNT")
         .arg(1000)
         .query(&mut r)
         .unwrap();
@@ -351,7 +349,8 @@ fn command_flags_let_redis_enforce_oom_and_keys() {
     assert_eq!(flags(&mut c, "pay.cache").len(), 3);
     assert_eq!(flags(&mut c, "pay.check"), ["readonly", "fast"]);
     assert_eq!(flags(&mut c, "pay.update"), ["write", "fast"]);
-    assert_eq!(flags(&mut c, "pay.stuck"), ["write"]);
+    assert_eq!(flags(&mut c, "pay.stuck"), ["readonly"]);
+    assert_eq!(flags(&mut c, "pay.claim"), ["write", "denyoom"]);
     // Out of memory: no new payments, but resolving and reading still work.
     cache(&mut c, "before-oom", "u", 1, "USD");
     let _: () = redis::cmd("CONFIG")

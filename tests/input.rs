@@ -153,12 +153,36 @@ fn cases() -> Vec<(Vec<Vec<u8>>, &'static str)> {
             "ERR OLDER must be an integer from 0",
         ),
         (
-            b(&[b"PAY.STUCK", b"CLAIM", b"w1"]),
-            "ERR CLAIM and LEASE go together",
+            b(&[b"PAY.STUCK", b"CLAIM", b"w1", b"LEASE", b"100"]),
+            "ERR PAY.STUCK only lists; claims moved to PAY.CLAIM",
         ),
         (
             b(&[b"PAY.STUCK", b"LEASE", b"100"]),
-            "ERR CLAIM and LEASE go together",
+            "ERR PAY.STUCK only lists",
+        ),
+        // PAY.CLAIM.
+        (b(&[b"PAY.CLAIM"]), "ERR wrong number of arguments"),
+        (b(&[b"PAY.CLAIM", b"w1"]), "ERR LEASE ms is required"),
+        (
+            b(&[b"PAY.CLAIM", b"w1", b"LEASE", b"0"]),
+            "ERR LEASE must be an integer from 1",
+        ),
+        (
+            b(&[b"PAY.CLAIM", b"w\x07", b"LEASE", b"10"]),
+            "ERR consumer must not contain control characters",
+        ),
+        (
+            b(&[b"PAY.CLAIM", b"w1", b"LEASE", b"10", b"COUNT", b"0"]),
+            "ERR COUNT must be an integer from 1",
+        ),
+        // PAY.UPDATE's RETRY and FENCE.
+        (
+            b(&[b"PAY.UPDATE", b"k", b"succeeded", b"RETRY", b"10"]),
+            "ERR RETRY goes with pending or unknown",
+        ),
+        (
+            b(&[b"PAY.UPDATE", b"k", b"pending", b"FENCE", b"-1"]),
+            "ERR FENCE must be an integer from 0",
         ),
         (
             b(&[b"PAY.STUCK", b"SIDEWAYS"]),
@@ -285,7 +309,7 @@ fn hostile(rng: &mut fastrand::Rng) -> Vec<Vec<u8>> {
     let s = |v: &str| v.as_bytes().to_vec();
     // Whether one more argument could repair the defect (then none is added).
     let mut open_ended = false;
-    let mut cmd: Vec<Vec<u8>> = match rng.u8(..5) {
+    let mut cmd: Vec<Vec<u8>> = match rng.u8(..6) {
         0 => {
             let mut c = vec![s("PAY.CACHE"), key(rng), s("u1"), s("100"), s("USD")];
             match rng.u8(..7) {
@@ -347,6 +371,15 @@ fn hostile(rng: &mut fastrand::Rng) -> Vec<Vec<u8>> {
                 1 => c.extend([s("OLDER"), s("-5")]),
                 2 => c.extend([s("CLAIM"), s("w1")]),
                 _ => c.push(s("SIDEWAYS")),
+            }
+            c
+        }
+        4 => {
+            let mut c = vec![s("PAY.CLAIM"), s("w1")];
+            match rng.u8(..3) {
+                0 => c.extend([s("LEASE"), s("0")]),
+                1 => c.extend([s("LEASE"), s("5"), s("OLDER"), s("x")]),
+                _ => c[1] = vec![b'w'; 200],
             }
             c
         }

@@ -100,13 +100,12 @@ pub fn claim(
     count: usize,
     lease: Duration,
 ) -> redis::RedisResult<Vec<Record>> {
-    let v: Value = redis::cmd("PAY.STUCK")
-        .arg("COUNT")
-        .arg(count)
-        .arg("CLAIM")
+    let v: Value = redis::cmd("PAY.CLAIM")
         .arg(consumer)
         .arg("LEASE")
         .arg(lease.as_millis() as u64)
+        .arg("COUNT")
+        .arg(count)
         .query(c)?;
     Ok(records(v))
 }

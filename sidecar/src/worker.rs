@@ -128,10 +128,7 @@ pub fn apply(
         Ok(_) => Ok(()),
         // Someone (the application) resolved it meanwhile, or it expired:
         // their word stands.
-        Err(e)
-            if matches!(e.code(), Some("TRANSITION"))
-                || e.to_string().contains("no such payment") =>
-        {
+        Err(e) if matches!(e.code(), Some("TRANSITION") | Some("NOPAYMENT")) => {
             info!("txn={} already resolved elsewhere: {e}", r.key);
             Ok(())
         }

@@ -462,6 +462,7 @@ const SIDECAR_ACL: &[&str] = &[
     "&pay:stale",
     "-@all",
     "+pay.stuck",
+    "+pay.claim",
     "+pay.update",
     "+pay.check",
     "+info",

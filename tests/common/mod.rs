@@ -398,7 +398,8 @@ pub fn all_keys(c: &mut Connection) -> BTreeSet<String> {
 }
 
 /// The invariant behind every index test: in database `db`, PAY.STUCK OLDER 0
-/// lists exactly the pending records a keyspace scan finds, each once, and
+/// lists exactly the unresolved (pending and unknown) records a keyspace scan
+/// finds, each once, oldest first and equal ages by key, and
 /// INFO's per-status counts (over `dbs`) match the records there.
 pub fn assert_index_exact(c: &mut Connection, dbs: &[i64]) {
     let mut totals = BTreeMap::<String, i64>::new();
@@ -412,22 +413,22 @@ pub fn assert_index_exact(c: &mut Connection, dbs: &[i64]) {
                 continue;
             }
             let r = record(&v);
-            assert_eq!(r["transaction_id"], key);
+            assert_eq!(r["key"], key);
             *totals.entry(r["status"].clone()).or_default() += 1;
-            if r["status"] == "pending" {
+            if r["status"] == "pending" || r["status"] == "unknown" {
                 pending.insert(key);
             }
         }
         let listed = stuck_records(c);
-        let ages: Vec<i64> = listed
+        let ages: Vec<(i64, String)> = listed
             .iter()
-            .map(|r| r["created_at"].parse().unwrap())
+            .map(|r| (r["created_at"].parse().unwrap(), r["key"].clone()))
             .collect();
         assert!(
             ages.windows(2).all(|w| w[0] <= w[1]),
-            "db {db}: not oldest first: {ages:?}"
+            "db {db}: not oldest first, then by key: {ages:?}"
         );
-        let listed: Vec<String> = listed.iter().map(|r| r["transaction_id"].clone()).collect();
+        let listed: Vec<String> = listed.iter().map(|r| r["key"].clone()).collect();
         let listed_set: BTreeSet<String> = listed.iter().cloned().collect();
         assert_eq!(
             listed.len(),
@@ -440,7 +441,7 @@ pub fn assert_index_exact(c: &mut Connection, dbs: &[i64]) {
         );
     }
     select(c, 0);
-    for status in ["pending", "succeeded", "failed"] {
+    for status in ["pending", "unknown", "succeeded", "failed"] {
         assert_eq!(
             info_field(c, &format!("records_{status}")),
             totals.get(status).copied().unwrap_or(0),
@@ -628,4 +629,32 @@ pub fn timed_mass_sweep(
     let took = t.elapsed();
     sleep(Duration::from_millis(200));
     (took, pinger.finish())
+}
+
+/// `PAY.CLAIM consumer LEASE lease_ms OLDER 0 COUNT count`: the records leased.
+pub fn claim(
+    c: &mut Connection,
+    consumer: &str,
+    count: usize,
+    lease_ms: u64,
+) -> Vec<BTreeMap<String, String>> {
+    let v: Value = redis::cmd("PAY.CLAIM")
+        .arg(consumer)
+        .arg("LEASE")
+        .arg(lease_ms)
+        .arg("OLDER")
+        .arg(0)
+        .arg("COUNT")
+        .arg(count)
+        .query(c)
+        .unwrap();
+    match v {
+        Value::Array(items) => items.iter().map(record).collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// PEXPIRETIME of a key (-1: none, -2: no key).
+pub fn pexpiretime(c: &mut Connection, key: &str) -> i64 {
+    redis::cmd("PEXPIRETIME").arg(key).query(c).unwrap()
 }
