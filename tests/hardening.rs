@@ -405,7 +405,13 @@ fn application_commands_join_the_pay_acl_category_where_the_server_can() {
     members.sort();
     assert_eq!(
         members,
-        ["pay.cache", "pay.check", "pay.stuck", "pay.update"]
+        [
+            "pay.cache",
+            "pay.check",
+            "pay.claim",
+            "pay.stuck",
+            "pay.update"
+        ]
     );
     let mut user = acl(&mut c, "payapp", &["on", ">pw", "~*", "-@all", "+@pay"]);
     assert_eq!(cache(&mut user, "k", "u", 1, "USD")["outcome"], "created");
