@@ -217,10 +217,16 @@ pub fn claim(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let mut sent = 0usize;
     let mut after = None;
     while sent < a.count {
-        let page = index().claim_page(db, now, stale_cutoff, fresh_cutoff, after, a.count - sent);
+        // Pages of at least 64: records the caller may not write are skipped
+        // without a new index walk each.
+        let want = (a.count - sent).clamp(64, 4096);
+        let page = index().claim_page(db, now, stale_cutoff, fresh_cutoff, after, want);
         let Some(last) = page.last() else { break };
         after = Some(last.position());
         for entry in &page {
+            if sent == a.count {
+                break;
+            }
             let Some(name) = store::listed_key(ctx, db, entry) else {
                 continue;
             };
