@@ -1,28 +1,46 @@
-//! Alerts: payments stuck longer than the alert threshold are posted to
-//! Slack, grouped in one message per round; each is alerted once and repeated
-//! at most every repeat interval while still stuck; a "resolved" message
-//! follows when an alerted payment resolves.
+//! Alerts, all from what Redis holds, never from a round's memory:
+//!
+//! - payments with an `unknown` outcome (the retries ran out without a
+//!   definite answer): a human must check the provider and resolve them;
+//! - payments unresolved (`pending`) longer than the alert threshold;
+//! - configuration errors (the provider's answers say the sidecar is not
+//!   talking to it as it should), at most once per repeat interval each.
+//!
+//! Each round lists the unresolved payments older than the threshold on every
+//! primary (`PAY.STUCK`), so a round that fails partway loses nothing: the
+//! next one finds the same payments. Each payment is alerted once, repeated
+//! at most every repeat interval while unresolved (at once when it turns
+//! `unknown`), and a "resolved" message follows when an alerted payment
+//! resolves.
 //!
 //! All alert state lives in Redis, under the hash tag `{pay:alerts}` (one
-//! cluster slot): a sorted set of alerted payments scored by the last alert
-//! time, a sorted set of resolved ones (tombstones, kept a day, so a stale
-//! listing can never alert a resolved payment again), an outbox list of
-//! messages not yet delivered, and a delivery lock. A payment is named by its
-//! key and creation time, so a later payment under the same key is a new one.
-//! So a restart or a second sidecar never alerts twice, and messages wait in
-//! the outbox while Slack is down. Delivery runs on its own thread: a Slack
-//! outage never slows the retries.
+//! cluster slot): sorted sets of alerted payments (pending, unknown) scored
+//! by the last alert time, a sorted set of resolved ones (tombstones, kept a
+//! day, so a stale listing can never alert a resolved payment again), one of
+//! configuration problems, an outbox list of messages not yet delivered, and
+//! a delivery lock. A payment is named by its key and creation time, so a
+//! later payment under the same key is a new one. So a restart or a second
+//! sidecar never alerts twice, and messages wait in the outbox while Slack is
+//! down. Delivery runs on its own thread: a Slack outage never slows the
+//! retries.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use log::{info, warn};
+use log::warn;
 use redis::ConnectionLike;
 
 use crate::metrics::Metrics;
 use crate::store::{self, Record, Topology};
+use crate::worker::Report;
 
+/// Payments alerted as pending too long.
 pub const ALERTED: &str = "{pay:alerts}";
+/// Payments alerted as `unknown`.
+pub const UNKNOWN: &str = "{pay:alerts}:unknown";
+/// Configuration problems, scored by when they were last alerted.
+pub const CONFIG: &str = "{pay:alerts}:config";
 pub const RESOLVED: &str = "{pay:alerts}:resolved";
 /// How long a tombstone is kept.
 const TOMBSTONE_MS: i64 = 86_400_000;
@@ -49,15 +67,27 @@ if last then return 2 end
 return 1
 ";
 
-/// Moves an alerted payment to the tombstones; 1 if this caller did it (and
-/// so announces the resolution), 0 if another sidecar did.
+/// Moves an alerted payment (from either alerted set) to the tombstones; 1
+/// if this caller did it (and so announces the resolution), 0 if another
+/// sidecar did.
 const RESOLVE: &str = r"
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+local removed = redis.call('ZREM', KEYS[1], ARGV[1]) + redis.call('ZREM', KEYS[3], ARGV[1])
+if removed > 0 then
   redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
   return 1
 end
 return 0
+";
+
+/// Queues a configuration alert unless the same problem was alerted less
+/// than a repeat interval ago: 1 if queued.
+const CONFIG_SCRIPT: &str = r"
+local last = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if last and tonumber(ARGV[2]) - tonumber(last) < tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('RPUSH', KEYS[2], ARGV[4])
+return 1
 ";
 
 /// The alert-state name of one payment: its key and creation time.
@@ -123,7 +153,34 @@ fn line(r: &Record, now: i64) -> String {
     )
 }
 
-/// The Slack message for this round's stuck payments.
+fn unknown_line(r: &Record, now: i64) -> String {
+    // The reason reads "outcome unknown after N attempts: <last answer>".
+    let last = r
+        .reason
+        .strip_prefix("outcome unknown after ")
+        .and_then(|rest| rest.split_once(": "))
+        .map_or(r.reason.as_str(), |(_, last)| last);
+    format!(
+        "• `{key}` {} — created {} ago — outcome unknown after {} attempts; check the provider, then `PAY.UPDATE {key} succeeded|failed` — last answer: {}",
+        money(r.amount, &r.currency),
+        age(now, r.created_at),
+        r.attempts,
+        if last.is_empty() { "-" } else { last },
+        key = r.key,
+    )
+}
+
+fn listing(text: &mut String, lines: impl Iterator<Item = String>, total: usize) {
+    for l in lines.take(LISTED) {
+        text.push('\n');
+        text.push_str(&l);
+    }
+    if total > LISTED {
+        text.push_str(&format!("\n… and {} more", total - LISTED));
+    }
+}
+
+/// The Slack message for this round's stuck (pending) payments.
 pub fn stuck_message(first: &[Record], repeat: &[Record], threshold: Duration, now: i64) -> String {
     let total = first.len() + repeat.len();
     let mut text = format!(
@@ -132,14 +189,36 @@ pub fn stuck_message(first: &[Record], repeat: &[Record], threshold: Duration, n
         first.len(),
         repeat.len()
     );
-    for r in first.iter().chain(repeat).take(LISTED) {
-        text.push('\n');
-        text.push_str(&line(r, now));
-    }
-    if total > LISTED {
-        text.push_str(&format!("\n… and {} more", total - LISTED));
-    }
+    listing(
+        &mut text,
+        first.iter().chain(repeat).map(|r| line(r, now)),
+        total,
+    );
     text
+}
+
+/// The Slack message for payments whose outcome is unknown: a human decides.
+pub fn unknown_message(first: &[Record], repeat: &[Record], now: i64) -> String {
+    let total = first.len() + repeat.len();
+    let mut text = format!(
+        ":warning: {total} payment(s) with an unknown outcome ({} new, {} still unknown): the provider gave no definite answer, so they are NOT marked failed (the customer may have been charged). Never sent again, only asked about.",
+        first.len(),
+        repeat.len()
+    );
+    listing(
+        &mut text,
+        first.iter().chain(repeat).map(|r| unknown_line(r, now)),
+        total,
+    );
+    text
+}
+
+/// The Slack message for a configuration problem.
+pub fn config_message(problem: &str, key: &str, repeat: Duration) -> String {
+    format!(
+        ":no_entry: pay-sidecar is not talking to the provider as it should: {problem}. Seen with payment `{key}`. Payments stay unresolved and are retried; none is failed for this. Repeated every {} while it lasts.",
+        humantime::format_duration(repeat)
+    )
 }
 
 pub fn resolved_message(resolved: &[(String, String)]) -> String {
@@ -147,17 +226,23 @@ pub fn resolved_message(resolved: &[(String, String)]) -> String {
         ":white_check_mark: {} alerted payment(s) resolved",
         resolved.len()
     );
-    for (key, status) in resolved.iter().take(LISTED) {
-        text.push_str(&format!("\n• `{key}` {status}"));
-    }
-    if resolved.len() > LISTED {
-        text.push_str(&format!("\n… and {} more", resolved.len() - LISTED));
-    }
+    listing(
+        &mut text,
+        resolved
+            .iter()
+            .map(|(key, status)| format!("• `{key}` {status}")),
+        resolved.len(),
+    );
     text
 }
 
+fn payload(text: &str) -> String {
+    serde_json::json!({ "text": text }).to_string()
+}
+
 fn enqueue(c: &mut dyn ConnectionLike, text: &str) -> redis::RedisResult<()> {
-    let payload = serde_json::json!({ "text": text }).to_string();
+    warn!("alert: {text}");
+    let payload = payload(text);
     redis::cmd("RPUSH")
         .arg(OUTBOX)
         .arg(payload)
@@ -166,46 +251,64 @@ fn enqueue(c: &mut dyn ConnectionLike, text: &str) -> redis::RedisResult<()> {
 }
 
 impl Alerter {
-    /// One alert round: stuck payments on every primary, then resolutions.
+    /// One alert round: unresolved payments older than the threshold on
+    /// every primary, then resolutions. A primary that cannot be read is
+    /// skipped (and reported) so the others are still alerted.
     pub fn round(&self, topo: &Topology, keyed: &mut dyn ConnectionLike) -> redis::RedisResult<()> {
         let now = now_ms();
-        let mut stuck = Vec::new();
+        let mut unresolved = Vec::new();
+        let mut failure = None;
         for node in &topo.primaries {
-            let mut c = node.connect()?;
-            stuck.extend(store::stuck(&mut c, self.alert_after, 10_000)?);
+            let listed = node
+                .connect()
+                .and_then(|mut c| store::stuck(&mut c, self.alert_after, 10_000));
+            match listed {
+                Ok(rs) => unresolved.extend(rs),
+                Err(e) => {
+                    warn!("alerts: cannot list {}: {e}", node.name);
+                    failure = Some(e);
+                }
+            }
         }
         let mark = redis::Script::new(MARK);
         let (mut first, mut repeat) = (Vec::new(), Vec::new());
-        for r in stuck {
+        let (mut first_unknown, mut repeat_unknown) = (Vec::new(), Vec::new());
+        for r in unresolved {
+            let unknown = r.status == "unknown";
             let marked: i64 = mark
-                .key(ALERTED)
+                .key(if unknown { UNKNOWN } else { ALERTED })
                 .key(RESOLVED)
                 .arg(member(&r))
                 .arg(now)
                 .arg(self.repeat.as_millis() as u64)
                 .invoke(keyed)?;
-            match marked {
-                1 => first.push(r),
-                2 => repeat.push(r),
+            match (marked, unknown) {
+                (1, true) => first_unknown.push(r),
+                (2, true) => repeat_unknown.push(r),
+                (1, false) => first.push(r),
+                (2, false) => repeat.push(r),
                 _ => {}
             }
         }
+        if !first_unknown.is_empty() || !repeat_unknown.is_empty() {
+            enqueue(
+                keyed,
+                &unknown_message(&first_unknown, &repeat_unknown, now),
+            )?;
+        }
         if !first.is_empty() || !repeat.is_empty() {
-            info!(
-                "alerting: {} newly stuck, {} still stuck",
-                first.len(),
-                repeat.len()
-            );
             enqueue(
                 keyed,
                 &stuck_message(&first, &repeat, self.alert_after, now),
             )?;
         }
-        let alerted: Vec<String> = redis::cmd("ZRANGE")
-            .arg(ALERTED)
-            .arg(0)
-            .arg(-1)
-            .query(keyed)?;
+        let mut alerted: Vec<String> = Vec::new();
+        for set in [ALERTED, UNKNOWN] {
+            let names: Vec<String> = redis::cmd("ZRANGE").arg(set).arg(0).arg(-1).query(keyed)?;
+            alerted.extend(names);
+        }
+        alerted.sort();
+        alerted.dedup();
         let resolve = redis::Script::new(RESOLVE);
         let mut resolved = Vec::new();
         for name in alerted {
@@ -216,14 +319,15 @@ impl Alerter {
                 Some(r) if r.created_at.to_string() != created_at => {
                     "gone (replaced by a newer payment)".to_string()
                 }
-                Some(r) if r.status == "pending" => continue,
+                Some(r) if r.status == "pending" || r.status == "unknown" => continue,
                 Some(r) => r.status,
-                None => "gone (expired or deleted)".to_string(),
+                None => "gone (deleted)".to_string(),
             };
             // Only the sidecar that moves it to the tombstones announces it.
             let moved: i64 = resolve
                 .key(ALERTED)
                 .key(RESOLVED)
+                .key(UNKNOWN)
                 .arg(&name)
                 .arg(now)
                 .arg(now - TOMBSTONE_MS)
@@ -233,36 +337,70 @@ impl Alerter {
             }
         }
         if !resolved.is_empty() {
-            info!("alerting: {} alerted payments resolved", resolved.len());
             enqueue(keyed, &resolved_message(&resolved))?;
         }
-        Ok(())
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Configuration alerts, raised by the workers as the problems are met and
+/// deduplicated in Redis (one per problem per repeat interval, across
+/// sidecars).
+pub struct ConfigAlerts {
+    topo: Arc<Topology>,
+    repeat: Duration,
+    conn: Mutex<Option<Box<dyn ConnectionLike + Send>>>,
+}
+
+impl ConfigAlerts {
+    pub fn new(topo: Arc<Topology>, repeat: Duration) -> ConfigAlerts {
+        ConfigAlerts {
+            topo,
+            repeat,
+            conn: Mutex::new(None),
+        }
     }
 
-    /// An immediate alert for payments the sidecar gave up on.
-    pub fn gave_up(
-        &self,
-        keyed: &mut dyn ConnectionLike,
-        gave_up: &[(Record, String)],
-    ) -> redis::RedisResult<()> {
-        if gave_up.is_empty() {
-            return Ok(());
+    fn raise(&self, problem: &str, key: &str) -> redis::RedisResult<bool> {
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let c = match guard.as_mut() {
+            Some(c) => c,
+            None => guard.insert(self.topo.keyed()?),
+        };
+        let text = config_message(problem, key, self.repeat);
+        let queued: redis::RedisResult<i64> = redis::Script::new(CONFIG_SCRIPT)
+            .key(CONFIG)
+            .key(OUTBOX)
+            .arg(problem)
+            .arg(now_ms())
+            .arg(self.repeat.as_millis() as u64)
+            .arg(payload(&text))
+            .invoke(c.as_mut());
+        match queued {
+            Ok(n) => {
+                if n == 1 {
+                    warn!("alert: {text}");
+                }
+                Ok(n == 1)
+            }
+            Err(e) => {
+                *guard = None;
+                Err(e)
+            }
         }
-        let mut text = format!(
-            ":x: {} payment(s) failed after too many attempts",
-            gave_up.len()
-        );
-        for (r, reason) in gave_up.iter().take(LISTED) {
-            text.push_str(&format!(
-                "\n• `{}` {} — {reason}",
-                r.key,
-                money(r.amount, &r.currency)
-            ));
+    }
+}
+
+impl Report for ConfigAlerts {
+    fn config_problem(&self, problem: &str, r: &Record) {
+        // The problem is met again at the next retry: a failed raise is
+        // raised again then.
+        if let Err(e) = self.raise(problem, &r.key) {
+            warn!("alerts: cannot queue the configuration alert ({problem}): {e}");
         }
-        if gave_up.len() > LISTED {
-            text.push_str(&format!("\n… and {} more", gave_up.len() - LISTED));
-        }
-        enqueue(keyed, &text)
     }
 }
 
@@ -442,5 +580,49 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("… and 2 more"));
+    }
+
+    #[test]
+    fn an_unknown_payment_is_alerted_with_what_to_do_about_it() {
+        let r = Record {
+            key: "payment:txn_1".into(),
+            transaction_id: "txn_1".into(),
+            amount: 2500,
+            currency: "EUR".into(),
+            status: "unknown".into(),
+            created_at: 0,
+            attempts: 3,
+            reason: "outcome unknown after 3 attempts: provider timed out".into(),
+            ..Record::default()
+        };
+        let text = unknown_message(&[r], &[], 7_200_000);
+        assert!(
+            text.starts_with(
+                ":warning: 1 payment(s) with an unknown outcome (1 new, 0 still unknown)"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("NOT marked failed"), "{text}");
+        assert!(
+            text.contains(
+                "• `payment:txn_1` 25.00 EUR — created 2h ago — outcome unknown after 3 attempts; check the provider, then `PAY.UPDATE payment:txn_1 succeeded|failed` — last answer: provider timed out"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_configuration_alert_names_the_problem_and_says_nothing_failed() {
+        let text = config_message(
+            "configuration error: the provider answered GET {bank-url}/payments/{id} 404",
+            "payment:txn_1",
+            Duration::from_secs(3600),
+        );
+        assert!(
+            text.contains("answered GET {bank-url}/payments/{id} 404"),
+            "{text}"
+        );
+        assert!(text.contains("`payment:txn_1`"), "{text}");
+        assert!(text.contains("none is failed"), "{text}");
     }
 }

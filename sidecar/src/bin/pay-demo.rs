@@ -160,6 +160,7 @@ fn run() -> Result<(), String> {
         .arg("--slack-webhook-url")
         .arg(&slack.url)
         .args(["--interval", "1s", "--lease", "2500ms", "--timeout", "1s"])
+        .args(["--retry-schedule", "1s,2s"])
         .args([
             "--alert-after",
             "4s",
@@ -205,8 +206,11 @@ fn run() -> Result<(), String> {
     say(&format!(
         "the app charges it once at the provider: HTTP {code}, reference {reference}"
     ));
-    store::update(&mut c, "txn_demo_1", "succeeded", None, Some(&reference))
-        .map_err(|e| e.to_string())?;
+    let change = store::Change {
+        reference: Some(&reference),
+        ..store::Change::default()
+    };
+    store::update(&mut c, "txn_demo_1", "succeeded", &change).map_err(|e| e.to_string())?;
     say("PAY.UPDATE txn_demo_1 succeeded: one payment, charged once");
 
     // Story 2.
