@@ -290,6 +290,15 @@ impl Bank {
         *lock(&self.state.creations).entry(txn.into()).or_default() += 1;
     }
 
+    /// Changes what the bank says about a payment it already has (it
+    /// finished processing it), without creating it again.
+    pub fn settle(&self, txn: &str, status: &str, reference: &str) {
+        if let Some(p) = lock(&self.state.payments).get_mut(txn) {
+            p.status = status.into();
+            p.reference = reference.into();
+        }
+    }
+
     /// How many times the bank created (charged) each payment.
     pub fn creations(&self) -> HashMap<String, u32> {
         lock(&self.state.creations).clone()
