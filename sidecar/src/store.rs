@@ -185,6 +185,16 @@ pub fn check(c: &mut dyn ConnectionLike, key: &str) -> redis::RedisResult<Option
     Ok(parse_record(&v))
 }
 
+/// An error as Redis wrote it (`WRONGTYPE Operation against ...`), for logs:
+/// the client library's own rendering names some codes differently.
+pub fn error_text(e: &redis::RedisError) -> String {
+    match (e.code(), e.detail()) {
+        (Some(code), Some(detail)) => format!("{code} {detail}"),
+        (Some(code), None) => code.to_string(),
+        _ => e.to_string(),
+    }
+}
+
 /// The module's own thresholds, from `INFO pay` (contract v2 lists
 /// `pay_alert_after_ms`): None when INFO cannot be read or lacks it.
 pub fn alert_after(c: &mut dyn ConnectionLike) -> Option<Duration> {

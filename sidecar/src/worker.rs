@@ -267,9 +267,9 @@ pub fn apply(
     };
     match store::update(c, &r.key, status, &change) {
         Ok(_) => Ok(Written::Applied),
-        Err(e) if e.code() == Some("FENCED") => Ok(Written::Fenced(e.to_string())),
+        Err(e) if e.code() == Some("FENCED") => Ok(Written::Fenced(store::error_text(&e))),
         Err(e) if matches!(e.code(), Some("TRANSITION" | "NOPAYMENT")) => {
-            Ok(Written::Elsewhere(e.to_string()))
+            Ok(Written::Elsewhere(store::error_text(&e)))
         }
         Err(e) => Err(e),
     }
@@ -358,10 +358,11 @@ fn worker(
             // type, ...): the others go on.
             Err(e) if e.code().is_some() => {
                 warn!(
-                    "txn={} attempt={} result {} not recorded: {e}",
+                    "txn={} attempt={} result {} not recorded: {}",
                     r.key,
                     r.attempts,
-                    d.outcome()
+                    d.outcome(),
+                    store::error_text(&e)
                 );
                 metrics.outcome("write_error");
                 continue;
@@ -755,7 +756,10 @@ mod tests {
             reference: String::new(),
         };
         let (w, _) = write(b"-FENCED attempts is 3, not 2\r\n", &ok);
-        assert!(matches!(w, Ok(Written::Fenced(_))), "{w:?}");
+        assert_eq!(
+            w.unwrap(),
+            Written::Fenced("FENCED attempts is 3, not 2".into())
+        );
         for reply in [
             &b"-TRANSITION succeeded -> pending\r\n"[..],
             &b"-NOPAYMENT no such payment\r\n"[..],
@@ -770,7 +774,9 @@ mod tests {
             b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
             &ok,
         );
-        assert_eq!(w.unwrap_err().code(), Some("WRONGTYPE"));
+        let e = w.unwrap_err();
+        assert_eq!(e.code(), Some("WRONGTYPE"));
+        assert!(store::error_text(&e).starts_with("WRONGTYPE Operation"));
     }
 
     #[test]

@@ -747,6 +747,9 @@ fn with_30_percent_of_provider_calls_failing_1000_payments_all_resolve_once() {
             "1s",
             "--max-attempts",
             "100",
+            // Past the stand-in's hang, so a retry never meets the hung call.
+            "--retry-schedule",
+            "1s",
         ],
     );
     wait_for("every payment to resolve", 120, &sidecar, || {
@@ -787,6 +790,8 @@ fn two_sidecars_one_killed_mid_round_still_resolve_everything_once() {
         "1s",
         "--max-attempts",
         "100",
+        "--retry-schedule",
+        "1s",
     ];
     let mut a = Sidecar::start(&s, &bank.url, None, &extra);
     let b = Sidecar::start(&s, &bank.url, None, &extra);
@@ -1016,6 +1021,8 @@ fn works_as_a_least_privilege_acl_user_from_the_url() {
         "300ms",
         "--alert-after",
         "300ms",
+        "--max-attempts",
+        "100",
     ]
     .map(String::from)
     .to_vec();
