@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use log::warn;
+use log::{info, warn};
 use redis::ConnectionLike;
 
 use crate::metrics::Metrics;
@@ -56,28 +56,59 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Atomically decides whether a payment is due an alert, and records it:
-/// 1 = first alert, 2 = repeat, 0 = not due (or already resolved).
-const MARK: &str = r"
-if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
-local last = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if last and tonumber(ARGV[2]) - tonumber(last) < tonumber(ARGV[3]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-if last then return 2 end
+// Alerting is two steps. A read-only script says which payments are due an
+// alert; the message is written for them; then one script checks that every
+// one of them is still due, marks them all and queues the message, or does
+// nothing (another sidecar got there first; the next round looks again). So
+// a payment is never marked as alerted without its message in the outbox,
+// whatever fails in between. Resolutions work the same way.
+
+/// Whether each payment (ARGV[3..]) is due an alert: 1 = first alert,
+/// 2 = repeat, 0 = not due (or already resolved). Writes nothing.
+const DUE: &str = r"
+local now, rep, due = tonumber(ARGV[1]), tonumber(ARGV[2]), {}
+for i = 3, #ARGV do
+  local last = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if redis.call('ZSCORE', KEYS[2], ARGV[i]) then due[#due + 1] = 0
+  elseif last and now - tonumber(last) < rep then due[#due + 1] = 0
+  elseif last then due[#due + 1] = 2
+  else due[#due + 1] = 1 end
+end
+return due
+";
+
+/// If every payment (ARGV[4..]) is still due, marks them alerted at ARGV[1]
+/// and queues the message ARGV[3]: 1; else changes nothing: 0.
+const COMMIT_ALERT: &str = r"
+local now, rep = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 4, #ARGV do
+  if redis.call('ZSCORE', KEYS[2], ARGV[i]) then return 0 end
+  local last = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if last and now - tonumber(last) < rep then return 0 end
+end
+for i = 4, #ARGV do redis.call('ZADD', KEYS[1], now, ARGV[i]) end
+redis.call('RPUSH', KEYS[3], ARGV[3])
 return 1
 ";
 
-/// Moves an alerted payment (from either alerted set) to the tombstones; 1
-/// if this caller did it (and so announces the resolution), 0 if another
-/// sidecar did.
-const RESOLVE: &str = r"
-local removed = redis.call('ZREM', KEYS[1], ARGV[1]) + redis.call('ZREM', KEYS[3], ARGV[1])
-if removed > 0 then
-  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
-  return 1
+/// If every payment (ARGV[4..]) is still in an alerted set, moves them all
+/// to the tombstones (at ARGV[1], dropping those older than ARGV[2]) and
+/// queues the message ARGV[3]: 1; else changes nothing: 0. Only the sidecar
+/// that moves them announces them.
+const COMMIT_RESOLVED: &str = r"
+for i = 4, #ARGV do
+  if not redis.call('ZSCORE', KEYS[1], ARGV[i]) and not redis.call('ZSCORE', KEYS[2], ARGV[i]) then
+    return 0
+  end
 end
-return 0
+for i = 4, #ARGV do
+  redis.call('ZREM', KEYS[1], ARGV[i])
+  redis.call('ZREM', KEYS[2], ARGV[i])
+  redis.call('ZADD', KEYS[3], ARGV[1], ARGV[i])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[2])
+redis.call('RPUSH', KEYS[4], ARGV[3])
+return 1
 ";
 
 /// Queues a configuration alert unless the same problem was alerted less
@@ -240,16 +271,6 @@ fn payload(text: &str) -> String {
     serde_json::json!({ "text": text }).to_string()
 }
 
-fn enqueue(c: &mut dyn ConnectionLike, text: &str) -> redis::RedisResult<()> {
-    warn!("alert: {text}");
-    let payload = payload(text);
-    redis::cmd("RPUSH")
-        .arg(OUTBOX)
-        .arg(payload)
-        .query::<i64>(c)?;
-    Ok(())
-}
-
 impl Alerter {
     /// One alert round: unresolved payments older than the threshold on
     /// every primary, then resolutions. A primary that cannot be read is
@@ -270,37 +291,52 @@ impl Alerter {
                 }
             }
         }
-        let mark = redis::Script::new(MARK);
-        let (mut first, mut repeat) = (Vec::new(), Vec::new());
-        let (mut first_unknown, mut repeat_unknown) = (Vec::new(), Vec::new());
-        for r in unresolved {
-            let unknown = r.status == "unknown";
-            let marked: i64 = mark
-                .key(if unknown { UNKNOWN } else { ALERTED })
-                .key(RESOLVED)
-                .arg(member(&r))
-                .arg(now)
-                .arg(self.repeat.as_millis() as u64)
-                .invoke(keyed)?;
-            match (marked, unknown) {
-                (1, true) => first_unknown.push(r),
-                (2, true) => repeat_unknown.push(r),
-                (1, false) => first.push(r),
-                (2, false) => repeat.push(r),
-                _ => {}
+        let (pending, unknown): (Vec<Record>, Vec<Record>) =
+            unresolved.into_iter().partition(|r| r.status != "unknown");
+        let due = redis::Script::new(DUE);
+        let commit = redis::Script::new(COMMIT_ALERT);
+        let repeat_ms = self.repeat.as_millis() as u64;
+        for (set, records) in [(UNKNOWN, unknown), (ALERTED, pending)] {
+            if records.is_empty() {
+                continue;
             }
-        }
-        if !first_unknown.is_empty() || !repeat_unknown.is_empty() {
-            enqueue(
-                keyed,
-                &unknown_message(&first_unknown, &repeat_unknown, now),
-            )?;
-        }
-        if !first.is_empty() || !repeat.is_empty() {
-            enqueue(
-                keyed,
-                &stuck_message(&first, &repeat, self.alert_after, now),
-            )?;
+            let members: Vec<String> = records.iter().map(member).collect();
+            let marks: Vec<i64> = due
+                .key(set)
+                .key(RESOLVED)
+                .arg(now)
+                .arg(repeat_ms)
+                .arg(&members)
+                .invoke(keyed)?;
+            let (mut first, mut again, mut names) = (Vec::new(), Vec::new(), Vec::new());
+            for ((r, name), mark) in records.into_iter().zip(members).zip(marks) {
+                match mark {
+                    1 => first.push(r),
+                    2 => again.push(r),
+                    _ => continue,
+                }
+                names.push(name);
+            }
+            if names.is_empty() {
+                continue;
+            }
+            let text = if set == UNKNOWN {
+                unknown_message(&first, &again, now)
+            } else {
+                stuck_message(&first, &again, self.alert_after, now)
+            };
+            let queued: i64 = commit
+                .key(set)
+                .key(RESOLVED)
+                .key(OUTBOX)
+                .arg(now)
+                .arg(repeat_ms)
+                .arg(payload(&text))
+                .arg(&names)
+                .invoke(keyed)?;
+            if queued == 1 {
+                warn!("alert: {text}");
+            }
         }
         let mut alerted: Vec<String> = Vec::new();
         for set in [ALERTED, UNKNOWN] {
@@ -309,8 +345,7 @@ impl Alerter {
         }
         alerted.sort();
         alerted.dedup();
-        let resolve = redis::Script::new(RESOLVE);
-        let mut resolved = Vec::new();
+        let (mut resolved, mut names) = (Vec::new(), Vec::new());
         for name in alerted {
             let Some((key, created_at)) = name.rsplit_once('|') else {
                 continue;
@@ -323,21 +358,24 @@ impl Alerter {
                 Some(r) => r.status,
                 None => "gone (deleted)".to_string(),
             };
-            // Only the sidecar that moves it to the tombstones announces it.
-            let moved: i64 = resolve
+            resolved.push((key.to_string(), status));
+            names.push(name);
+        }
+        if !names.is_empty() {
+            let text = resolved_message(&resolved);
+            let queued: i64 = redis::Script::new(COMMIT_RESOLVED)
                 .key(ALERTED)
-                .key(RESOLVED)
                 .key(UNKNOWN)
-                .arg(&name)
+                .key(RESOLVED)
+                .key(OUTBOX)
                 .arg(now)
                 .arg(now - TOMBSTONE_MS)
+                .arg(payload(&text))
+                .arg(&names)
                 .invoke(keyed)?;
-            if moved == 1 {
-                resolved.push((key.to_string(), status));
+            if queued == 1 {
+                info!("alert: {text}");
             }
-        }
-        if !resolved.is_empty() {
-            enqueue(keyed, &resolved_message(&resolved))?;
         }
         match failure {
             Some(e) => Err(e),
