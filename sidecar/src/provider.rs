@@ -17,8 +17,17 @@
 
 use std::time::{Duration, Instant};
 
-use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
+
+/// What is escaped in the transaction id's path segment: everything but
+/// letters, digits, `-`, `_` and `~` (`.` too, so `..` stays an id).
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'~');
+
+/// The path of the status call for one transaction id.
+pub fn status_path(transaction_id: &str) -> String {
+    format!("/payments/{}", utf8_percent_encode(transaction_id, SEGMENT))
+}
 
 /// A payment as the provider needs it to charge.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -223,11 +232,7 @@ impl HttpProvider {
 
 impl Provider for HttpProvider {
     fn status(&self, transaction_id: &str) -> Answer {
-        let url = format!(
-            "{}/payments/{}",
-            self.base,
-            utf8_percent_encode(transaction_id, NON_ALPHANUMERIC)
-        );
+        let url = format!("{}{}", self.base, status_path(transaction_id));
         let started = Instant::now();
         let result = self.agent.get(&url).call();
         let answer = HttpProvider::read(Call::Get, result);
@@ -372,6 +377,14 @@ mod tests {
             let a = classify(Call::Get, 200, body);
             assert!(is_transient(&a), "200 {body:?} read as {a:?}");
         }
+    }
+
+    #[test]
+    fn the_transaction_id_is_one_escaped_path_segment() {
+        assert_eq!(status_path("txn_1-a~b"), "/payments/txn_1-a~b");
+        assert_eq!(status_path("a/b c"), "/payments/a%2Fb%20c");
+        assert_eq!(status_path(".."), "/payments/%2E%2E");
+        assert_eq!(status_path("é"), "/payments/%C3%A9");
     }
 
     #[test]
