@@ -44,6 +44,7 @@ fn main() {
     // On SIGTERM/SIGINT: stop claiming, let in-flight payments finish, and
     // exit at the deadline whatever is left (its lease runs out; the next
     // claim retries it, and the idempotency key makes that safe).
+    let (said, heard) = std::sync::mpsc::channel();
     {
         let (stop, deadline) = (shutdown.clone(), opts.shutdown_timeout);
         std::thread::spawn(move || {
@@ -51,6 +52,7 @@ fn main() {
                 std::thread::sleep(Duration::from_millis(50));
             }
             info!("stopping: no new claims; finishing in-flight payments");
+            let _ = said.send(());
             std::thread::sleep(deadline);
             warn!("shutdown deadline reached; exiting");
             std::process::exit(0);
@@ -60,4 +62,6 @@ fn main() {
         error!("{e}");
         std::process::exit(1);
     }
+    // The run ends on shutdown: let the log say so before the process ends.
+    let _ = heard.recv_timeout(Duration::from_secs(1));
 }
