@@ -154,6 +154,16 @@ impl Statuses {
         self.seen.lock().unwrap().clone()
     }
 
+    /// Waits until the watcher has seen the payment in `status` last.
+    fn settle_on(&self, status: &str) {
+        let last = || self.seen().last().is_some_and(|s| s == status);
+        assert!(
+            wait_until(Duration::from_secs(5), last),
+            "{:?}",
+            self.seen()
+        );
+    }
+
     fn assert_never_failed(&self) {
         let seen = self.seen();
         assert!(!seen.iter().any(|s| s == "failed"), "went through {seen:?}");
@@ -413,6 +423,7 @@ fn a_post_that_charges_after_the_timeout_is_never_failed_and_charged_once() {
     wait_for("the payment to succeed", 15, &sidecar, || {
         check(&mut c, "late-1").unwrap()["status"] == "succeeded"
     });
+    statuses.settle_on("succeeded");
     statuses.assert_never_failed();
     assert_eq!(
         statuses.seen(),
