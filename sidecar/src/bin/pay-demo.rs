@@ -328,7 +328,7 @@ fn run() -> Result<(), String> {
     story("Summary");
     let creations = bank.creations();
     println!(
-        "{:<12} {:<10} {:>8} {:<8} {:>16} {:>14}",
+        "{:<12} {:<10} {:>8} {:<10} {:>16} {:>14}",
         "payment", "status", "attempts", "ref", "charged (times)", "Slack mentions"
     );
     let mut ok = true;
@@ -337,7 +337,7 @@ fn run() -> Result<(), String> {
         let charged = creations.get(key).copied().unwrap_or(0);
         let mentions = slack.messages().iter().filter(|m| m.contains(key)).count();
         println!(
-            "{:<12} {:<10} {:>8} {:<8} {:>16} {:>14}",
+            "{:<12} {:<10} {:>8} {:<10} {:>16} {:>14}",
             key, r.status, r.attempts, r.provider_ref, charged, mentions
         );
         ok &= r.status == "succeeded" && charged == 1;
