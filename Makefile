@@ -38,7 +38,7 @@ fmt: ## Format the code
 run: build ## redis-server with the module on 127.0.0.1:$(PORT), in the foreground
 	redis-server --port $(PORT) --bind 127.0.0.1 --save "" --loadmodule $(CURDIR)/$(MODULE)
 
-demo: build ## The whole product on local defaults, playing the three failure stories
+demo: build ## The whole product on local defaults, playing the four failure stories
 	target/release/pay-demo
 
 bench: build ## redis-pay against SET NX, Lua, hashes+zset, JSON strings: writes BENCHMARKS.md
