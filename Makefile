@@ -8,7 +8,7 @@ VALKEY9 := target/valkey9/bin/valkey-server
 PORT ?= 6379
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build test test-valgrind lint fmt run demo bench clean
+.PHONY: help deps build test test-valgrind lint fmt run demo bench chaos clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ demo: build ## The whole product on local defaults, playing the four failure sto
 
 bench: build ## redis-pay against SET NX, Lua, hashes+zset, JSON strings: writes BENCHMARKS.md
 	cargo bench -p pay-sidecar --bench compare
+
+chaos: build ## Fault injection (Sentinel failovers, kills, provider faults) and a checker: CHAOS_SECONDS (60), CHAOS_SEED; writes CHAOS.md
+	target/release/pay-chaos
 
 clean: ## Remove build output
 	cargo clean

@@ -1,0 +1,73 @@
+//! The Slack stand-in: records every incoming-webhook message, with the
+//! payment keys it names (each written `` `payment:...` `` by the sidecar).
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use crate::clock;
+use crate::http::{self, Reply};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Message {
+    pub at_ms: u64,
+    pub text: String,
+}
+
+pub struct Slack {
+    pub url: String,
+    messages: Arc<Mutex<Vec<Message>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Slack {
+    pub fn start() -> std::io::Result<Slack> {
+        let messages: Arc<Mutex<Vec<Message>>> = Arc::default();
+        let m = messages.clone();
+        let addr = http::serve(Arc::new(move |rq| {
+            if rq.method != "POST" {
+                return Reply::Json(405, "{}".into());
+            }
+            let text = serde_json::from_slice::<serde_json::Value>(&rq.body)
+                .ok()
+                .and_then(|v| v["text"].as_str().map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&rq.body).into_owned());
+            lock(&m).push(Message {
+                at_ms: clock::ms(),
+                text,
+            });
+            Reply::Json(200, "\"ok\"".into())
+        }))?;
+        Ok(Slack {
+            url: format!("http://{addr}/services/T000/B000/CHAOS"),
+            messages,
+        })
+    }
+
+    pub fn messages(&self) -> Vec<Message> {
+        lock(&self.messages).clone()
+    }
+
+    /// Keys named in messages about payments with an unknown outcome.
+    pub fn unknown_keys(&self) -> BTreeSet<String> {
+        lock(&self.messages)
+            .iter()
+            .filter(|m| m.text.contains("unknown outcome"))
+            .flat_map(|m| keys_in(&m.text))
+            .collect()
+    }
+}
+
+/// Every `` `payment:...` `` in a text.
+pub fn keys_in(text: &str) -> Vec<String> {
+    text.split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|k| k.starts_with("payment:") && !k.contains(' '))
+        .map(str::to_string)
+        .collect()
+}
