@@ -79,6 +79,14 @@ fn status<'a>(ev: &'a Evidence<'_>, txn: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
+fn reason(ev: &Evidence, txn: &str) -> String {
+    primary(ev)
+        .get(&format!("{}{txn}", ev.key_prefix))
+        .and_then(|r| r.get("reason"))
+        .cloned()
+        .unwrap_or_default()
+}
+
 fn describe(e: &Entry) -> String {
     format!(
         "{} by {} at {:.1}s (key '{}')",
@@ -160,9 +168,12 @@ fn redis_agrees_with_provider(ev: &Evidence) -> Verdict {
         let st = status(ev, txn).unwrap_or("missing");
         *tally.entry(format!("charged/{st}")).or_default() += 1;
         if st == "failed" {
+            let charge = ev.charges.iter().find(|c| c.txn == *txn).map(describe);
             violations.push(format!(
-                "{}{txn} was charged by the provider but is failed in Redis",
-                ev.key_prefix
+                "{}{txn} was charged by the provider ({}) but is failed in Redis (reason: {})",
+                ev.key_prefix,
+                charge.unwrap_or_default(),
+                reason(ev, txn)
             ));
         }
     }
