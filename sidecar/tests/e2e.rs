@@ -4,6 +4,7 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod deploy;
 
 use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
@@ -12,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use deploy::SIDECAR_ACL;
 use pay_sidecar::standin::{Bank, Scripted, Slack};
 use redis::Connection;
 
@@ -977,36 +979,6 @@ fn metrics_and_health_are_served() {
 }
 
 /// The sidecar's ACL user: only what it needs (README recipe).
-const SIDECAR_ACL: &[&str] = &[
-    "on",
-    ">s3cret",
-    "resetkeys",
-    "~*",
-    "resetchannels",
-    "&pay:stale",
-    "-@all",
-    "+pay.stuck",
-    "+pay.claim",
-    "+pay.update",
-    "+pay.check",
-    "+info",
-    "+ping",
-    "+subscribe",
-    "+evalsha",
-    "+eval",
-    "+script|load",
-    "+zrange",
-    "+zscore",
-    "+zadd",
-    "+zremrangebyscore",
-    "+get",
-    "+set",
-    "+zrem",
-    "+rpush",
-    "+lindex",
-    "+lpop",
-];
-
 #[test]
 fn works_as_a_least_privilege_acl_user_from_the_url() {
     let s = redis();

@@ -2,7 +2,8 @@
 //! password). The sidecar finds the primary through Sentinel; while it works
 //! through the stuck payments the primary is SIGKILLed, Sentinel promotes
 //! the replica, and the sidecar finishes every payment on the new primary,
-//! each charged once, with the data nodes' ACL user from --redis-url.
+//! each charged once, as the README's least-privilege ACL user (from
+//! --redis-url) on the data nodes.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -37,16 +38,13 @@ fn master_state(port: u16) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
-/// The sidecar's data-node user, on one server (ACLs are not replicated).
+/// The README's least-privilege sidecar user, on one server (ACLs are not
+/// replicated).
 fn add_user(s: &Server) {
     let _: () = redis::cmd("ACL")
         .arg("SETUSER")
         .arg("sidecar")
-        .arg("on")
-        .arg(">data-secret")
-        .arg("~*")
-        .arg("&*")
-        .arg("+@all")
+        .arg(SIDECAR_ACL)
         .query(&mut s.conn())
         .unwrap();
 }
@@ -94,7 +92,7 @@ fn the_primary_killed_mid_run_sentinel_promotes_the_replica_and_every_payment_fi
     let sidecar = Sidecar::start(&[
         // Only the credentials count: the host is never dialled.
         "--redis-url",
-        "redis://sidecar:data-secret@unused.invalid:6379/",
+        "redis://sidecar:s3cret@unused.invalid:6379/",
         "--sentinel",
         &sentinel_list,
         "--sentinel-master",
@@ -142,6 +140,7 @@ fn the_primary_killed_mid_run_sentinel_promotes_the_replica_and_every_payment_fi
     );
     let users: String = redis::cmd("CLIENT").arg("LIST").query(&mut r).unwrap();
     assert!(users.contains("user=sidecar"), "{users}");
+    assert!(!log.contains("NOPERM"), "{log}");
     let v: serde_json::Value = serde_json::from_str(
         &ureq::get(&format!("http://{metrics}/healthz"))
             .call()

@@ -13,6 +13,40 @@ use std::time::Duration;
 
 use crate::common::{module_path, server_bin, wait_until, Opts};
 
+/// The README's least-privilege ACL user for the sidecar (password s3cret):
+/// ROLE for Sentinel's check of the primary, CLUSTER SLOTS in a cluster,
+/// EVALSHA/EVAL for the alert scripts (never SCRIPT LOAD).
+pub const SIDECAR_ACL: &[&str] = &[
+    "on",
+    ">s3cret",
+    "resetkeys",
+    "~*",
+    "resetchannels",
+    "&pay:stale",
+    "-@all",
+    "+pay.stuck",
+    "+pay.claim",
+    "+pay.update",
+    "+pay.check",
+    "+info",
+    "+ping",
+    "+subscribe",
+    "+role",
+    "+cluster|slots",
+    "+evalsha",
+    "+eval",
+    "+zrange",
+    "+zscore",
+    "+zadd",
+    "+zremrangebyscore",
+    "+get",
+    "+set",
+    "+zrem",
+    "+rpush",
+    "+lindex",
+    "+lpop",
+];
+
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     l.local_addr().unwrap().port()
