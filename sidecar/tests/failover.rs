@@ -107,7 +107,7 @@ fn a_shard_failed_over_and_another_killed_mid_run_strand_nothing_charge_once_and
         assert_eq!(acked, 1);
     }
 
-    let bank = Bank::start(0.0, Duration::from_millis(30), Duration::ZERO, 11);
+    let bank = Bank::start(0.0, Duration::from_millis(50), Duration::ZERO, 11);
     let slack = Slack::start(false);
     let metrics = format!("127.0.0.1:{}", free_port());
     let url = format!("redis://127.0.0.1:{}/", nodes[shards[other].primary].port);
