@@ -4,7 +4,8 @@
 //! certificate finishes stuck payments, alerts and serves health through
 //! it; with the wrong CA, no client certificate or a server certificate
 //! that does not name the host, it is refused with a clear log line and
-//! nothing changes.
+//! nothing changes. Through a Sentinel that speaks TLS too, it finds the
+//! TLS primary.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -204,4 +205,46 @@ fn a_wrong_ca_a_missing_client_certificate_or_a_wrong_name_is_refused_and_change
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--redis-ca-cert needs a rediss://"), "{err}");
     assert_eq!(stuck(&mut c, "txn_1")["attempts"], "0");
+}
+
+#[test]
+fn through_a_sentinel_that_speaks_tls_the_sidecar_finds_the_tls_primary_and_finishes_payments() {
+    let certs = Certs::make();
+    let server = tls_server(&certs, &Opts::sweeper(100, 20), "127.0.0.1");
+    let sentinel = tls_sentinel(&server.bin, &certs, "pay", server.port);
+    let mut c = tls_conn(&certs, server.port).unwrap();
+    let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 6);
+    for i in 0..5 {
+        cache(&mut c, &format!("txn_{i}"), "u", 1000, "EUR");
+    }
+    let sentinels = format!("127.0.0.1:{}", sentinel.port);
+    let sidecar = Sidecar::start(&[
+        // Only the scheme counts here: TLS to the Sentinel and the data node.
+        "--redis-url",
+        "rediss://unused.invalid/",
+        "--sentinel",
+        &sentinels,
+        "--sentinel-master",
+        "pay",
+        "--redis-ca-cert",
+        &certs.path("ca.crt"),
+        "--redis-client-cert",
+        &certs.path("client.crt"),
+        "--redis-client-key",
+        &certs.path("client.key"),
+        "--bank-url",
+        &bank.url,
+    ]);
+    sidecar.wait_for("the payments to be finished", 30, || {
+        (0..5).all(|i| stuck(&mut c, &format!("txn_{i}"))["status"] == "succeeded")
+    });
+    assert!(
+        sidecar.log().contains(&format!(
+            "claiming from 1 primary(ies): 127.0.0.1:{}",
+            server.port
+        )),
+        "{}",
+        sidecar.log()
+    );
+    assert_eq!(bank.creations().len(), 5);
 }

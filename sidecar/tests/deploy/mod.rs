@@ -121,6 +121,8 @@ pub struct Proc {
     pub port: u16,
     pub dir: tempfile::TempDir,
     log: &'static str,
+    /// The binary it runs.
+    pub bin: String,
 }
 
 impl Proc {
@@ -277,6 +279,7 @@ pub fn tls_server(certs: &Certs, opts: &Opts, binds: &str) -> Proc {
             port,
             dir,
             log: "server.log",
+            bin: bin.clone(),
         };
         let ready = wait_until(Duration::from_secs(20), || {
             p.exited()
@@ -312,12 +315,39 @@ pub fn tls_conn(certs: &Certs, port: u16) -> redis::RedisResult<redis::Connectio
 /// 127.0.0.1:`master_port` with quorum 2, quick to call it down and to
 /// fail over; with `password`, clients and the other Sentinels must give it.
 pub fn sentinel(master: &str, master_port: u16, password: Option<&str>) -> Proc {
+    sentinel_with(&server_bin(), master, master_port, 2, password, None)
+}
+
+/// A Sentinel that speaks TLS only, to its clients and to the servers it
+/// watches, with the test certificates (quorum 1: it is alone).
+pub fn tls_sentinel(bin: &str, certs: &Certs, master: &str, master_port: u16) -> Proc {
+    sentinel_with(bin, master, master_port, 1, None, Some(certs))
+}
+
+fn sentinel_with(
+    bin: &str,
+    master: &str,
+    master_port: u16,
+    quorum: u8,
+    password: Option<&str>,
+    tls: Option<&Certs>,
+) -> Proc {
     for _ in 0..5 {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        let listen = match tls {
+            None => format!("port {port}\n"),
+            Some(c) => format!(
+                "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\n\
+                 tls-ca-cert-file {}\ntls-auth-clients yes\ntls-replication yes\n",
+                c.path("server.crt"),
+                c.path("server.key"),
+                c.path("ca.crt")
+            ),
+        };
         let mut conf = format!(
-            "port {port}\nbind 127.0.0.1\ndir {}\nlogfile sentinel.log\n\
-             sentinel monitor {master} 127.0.0.1 {master_port} 2\n\
+            "{listen}bind 127.0.0.1\ndir {}\nlogfile sentinel.log\n\
+             sentinel monitor {master} 127.0.0.1 {master_port} {quorum}\n\
              sentinel down-after-milliseconds {master} 1000\n\
              sentinel failover-timeout {master} 5000\n\
              sentinel parallel-syncs {master} 1\n",
@@ -328,7 +358,7 @@ pub fn sentinel(master: &str, master_port: u16, password: Option<&str>) -> Proc 
         }
         let path: PathBuf = dir.path().join("sentinel.conf");
         std::fs::write(&path, conf).unwrap();
-        let child = Command::new(server_bin())
+        let child = Command::new(bin)
             .arg(&path)
             .arg("--sentinel")
             .current_dir(dir.path())
@@ -342,6 +372,7 @@ pub fn sentinel(master: &str, master_port: u16, password: Option<&str>) -> Proc 
             port,
             dir,
             log: "sentinel.log",
+            bin: bin.to_string(),
         };
         let ready = wait_until(Duration::from_secs(20), || {
             p.exited() || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
