@@ -77,8 +77,9 @@ pub enum LogFormat {
 #[command(name = "pay-sidecar", version)]
 pub struct Options {
     /// Redis URL, with a password or ACL user if needed
-    /// (redis://[user:password@]host:port/). For a cluster, any node: every
-    /// primary is asked.
+    /// (redis://[user:password@]host:port/; rediss:// for TLS). For a
+    /// cluster, any node: every primary is asked. With --sentinel, only its
+    /// user, password, database and scheme are used.
     #[arg(
         long,
         env = "PAY_REDIS_URL",
