@@ -958,11 +958,25 @@ fn metrics_and_health_are_served() {
         &["--metrics-addr", &addr, "--log-format", "json"],
     );
     wait_for("the payment", 10, &sidecar, || pending_count(&mut c) == 0);
+    // A 503 (no round finished yet) is an answer too, not an error.
     let get = |path: &str| -> (u16, String) {
-        let mut r = ureq::get(&format!("http://{addr}{path}")).call().unwrap();
+        let mut r = ureq::get(&format!("http://{addr}{path}"))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()
+            .unwrap();
         (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
     };
     wait_for("a healthy round", 5, &sidecar, || get("/healthz").0 == 200);
+    let (_, health) = get("/healthz");
+    let v: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(v["status"], "ok", "{v}");
+    assert_eq!(
+        v["primaries"][0]["address"],
+        format!("127.0.0.1:{}", s.port)
+    );
+    assert_eq!(v["primaries"][0]["reached"], true);
     let (_, text) = get("/metrics");
     assert!(
         text.contains("pay_sidecar_payments_total{outcome=\"succeeded\"} 1"),
