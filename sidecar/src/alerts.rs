@@ -32,7 +32,7 @@ use log::{info, warn};
 use redis::ConnectionLike;
 
 use crate::metrics::Metrics;
-use crate::store::{self, Record, Topology};
+use crate::store::{self, Node, Record, Redis};
 use crate::worker::Report;
 
 /// Payments alerted as pending too long.
@@ -120,6 +120,37 @@ redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('RPUSH', KEYS[2], ARGV[4])
 return 1
 ";
+
+/// One script argument (or several, from a list).
+fn a<T: redis::ToRedisArgs>(v: T) -> Vec<Vec<u8>> {
+    v.to_redis_args()
+}
+
+/// Runs a Lua script by its SHA1 (EVALSHA), or sends it whole (EVAL) when
+/// the server has not seen it: a replica promoted by a failover starts with
+/// an empty script cache. Both name their keys, so a cluster routes them by
+/// key; `redis::Script::invoke` would send SCRIPT LOAD to every primary,
+/// which fails while any shard is down and would stop the alerts with it.
+fn invoke<T: redis::FromRedisValue>(
+    body: &str,
+    keys: &[&str],
+    args: &[Vec<Vec<u8>>],
+    c: &mut dyn ConnectionLike,
+) -> redis::RedisResult<T> {
+    let hash = redis::Script::new(body).get_hash().to_string();
+    let command = |name: &str, script: &str| {
+        let mut cmd = redis::cmd(name);
+        cmd.arg(script).arg(keys.len()).arg(keys);
+        for arg in args {
+            cmd.arg(arg);
+        }
+        cmd
+    };
+    match command("EVALSHA", &hash).query(c) {
+        Err(e) if e.code() == Some("NOSCRIPT") => command("EVAL", body).query(c),
+        result => result,
+    }
+}
 
 /// The alert-state name of one payment: its key and creation time.
 fn member(r: &Record) -> String {
@@ -273,13 +304,18 @@ fn payload(text: &str) -> String {
 
 impl Alerter {
     /// One alert round: unresolved payments older than the threshold on
-    /// every primary, then resolutions. A primary that cannot be read is
-    /// skipped (and reported) so the others are still alerted.
-    pub fn round(&self, topo: &Topology, keyed: &mut dyn ConnectionLike) -> redis::RedisResult<()> {
+    /// each of `primaries`, then resolutions. A primary that cannot be
+    /// read, or a payment whose shard cannot be asked, is skipped (and
+    /// reported) so the others are still alerted; the next round looks again.
+    pub fn round(
+        &self,
+        primaries: &[Node],
+        keyed: &mut dyn ConnectionLike,
+    ) -> redis::RedisResult<()> {
         let now = now_ms();
         let mut unresolved = Vec::new();
         let mut failure = None;
-        for node in &topo.primaries {
+        for node in primaries {
             let listed = node
                 .connect()
                 .and_then(|mut c| store::stuck(&mut c, self.alert_after, 10_000));
@@ -293,21 +329,18 @@ impl Alerter {
         }
         let (pending, unknown): (Vec<Record>, Vec<Record>) =
             unresolved.into_iter().partition(|r| r.status != "unknown");
-        let due = redis::Script::new(DUE);
-        let commit = redis::Script::new(COMMIT_ALERT);
         let repeat_ms = self.repeat.as_millis() as u64;
         for (set, records) in [(UNKNOWN, unknown), (ALERTED, pending)] {
             if records.is_empty() {
                 continue;
             }
             let members: Vec<String> = records.iter().map(member).collect();
-            let marks: Vec<i64> = due
-                .key(set)
-                .key(RESOLVED)
-                .arg(now)
-                .arg(repeat_ms)
-                .arg(&members)
-                .invoke(keyed)?;
+            let marks: Vec<i64> = invoke(
+                DUE,
+                &[set, RESOLVED],
+                &[a(now), a(repeat_ms), a(&members)],
+                keyed,
+            )?;
             let (mut first, mut again, mut names) = (Vec::new(), Vec::new(), Vec::new());
             for ((r, name), mark) in records.into_iter().zip(members).zip(marks) {
                 match mark {
@@ -325,15 +358,12 @@ impl Alerter {
             } else {
                 stuck_message(&first, &again, self.alert_after, now)
             };
-            let queued: i64 = commit
-                .key(set)
-                .key(RESOLVED)
-                .key(OUTBOX)
-                .arg(now)
-                .arg(repeat_ms)
-                .arg(payload(&text))
-                .arg(&names)
-                .invoke(keyed)?;
+            let queued: i64 = invoke(
+                COMMIT_ALERT,
+                &[set, RESOLVED, OUTBOX],
+                &[a(now), a(repeat_ms), a(payload(&text)), a(&names)],
+                keyed,
+            )?;
             if queued == 1 {
                 warn!("alert: {text}");
             }
@@ -346,11 +376,23 @@ impl Alerter {
         alerted.sort();
         alerted.dedup();
         let (mut resolved, mut names) = (Vec::new(), Vec::new());
+        let mut unchecked = 0;
         for name in alerted {
             let Some((key, created_at)) = name.rsplit_once('|') else {
                 continue;
             };
-            let status = match store::check(keyed, key)? {
+            let checked = match store::check(keyed, key) {
+                Ok(checked) => checked,
+                Err(e) => {
+                    if unchecked == 0 {
+                        warn!("alerts: cannot check {key} (it stays alerted): {e}");
+                    }
+                    unchecked += 1;
+                    failure = Some(e);
+                    continue;
+                }
+            };
+            let status = match checked {
                 Some(r) if r.created_at.to_string() != created_at => {
                     "gone (replaced by a newer payment)".to_string()
                 }
@@ -363,16 +405,12 @@ impl Alerter {
         }
         if !names.is_empty() {
             let text = resolved_message(&resolved);
-            let queued: i64 = redis::Script::new(COMMIT_RESOLVED)
-                .key(ALERTED)
-                .key(UNKNOWN)
-                .key(RESOLVED)
-                .key(OUTBOX)
-                .arg(now)
-                .arg(now - TOMBSTONE_MS)
-                .arg(payload(&text))
-                .arg(&names)
-                .invoke(keyed)?;
+            let queued: i64 = invoke(
+                COMMIT_RESOLVED,
+                &[ALERTED, UNKNOWN, RESOLVED, OUTBOX],
+                &[a(now), a(now - TOMBSTONE_MS), a(payload(&text)), a(&names)],
+                keyed,
+            )?;
             if queued == 1 {
                 info!("alert: {text}");
             }
@@ -388,15 +426,15 @@ impl Alerter {
 /// deduplicated in Redis (one per problem per repeat interval, across
 /// sidecars).
 pub struct ConfigAlerts {
-    topo: Arc<Topology>,
+    redis: Arc<Redis>,
     repeat: Duration,
     conn: Mutex<Option<Box<dyn ConnectionLike + Send>>>,
 }
 
 impl ConfigAlerts {
-    pub fn new(topo: Arc<Topology>, repeat: Duration) -> ConfigAlerts {
+    pub fn new(redis: Arc<Redis>, repeat: Duration) -> ConfigAlerts {
         ConfigAlerts {
-            topo,
+            redis,
             repeat,
             conn: Mutex::new(None),
         }
@@ -406,17 +444,20 @@ impl ConfigAlerts {
         let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let c = match guard.as_mut() {
             Some(c) => c,
-            None => guard.insert(self.topo.keyed()?),
+            None => guard.insert(self.redis.keyed()?),
         };
         let text = config_message(problem, key, self.repeat);
-        let queued: redis::RedisResult<i64> = redis::Script::new(CONFIG_SCRIPT)
-            .key(CONFIG)
-            .key(OUTBOX)
-            .arg(problem)
-            .arg(now_ms())
-            .arg(self.repeat.as_millis() as u64)
-            .arg(payload(&text))
-            .invoke(c.as_mut());
+        let queued: redis::RedisResult<i64> = invoke(
+            CONFIG_SCRIPT,
+            &[CONFIG, OUTBOX],
+            &[
+                a(problem),
+                a(now_ms()),
+                a(self.repeat.as_millis() as u64),
+                a(payload(&text)),
+            ],
+            c.as_mut(),
+        );
         match queued {
             Ok(n) => {
                 if n == 1 {
@@ -505,19 +546,18 @@ impl Notifier for SlackWebhook {
 /// Delivers the outbox, oldest first, while holding the delivery lock, until
 /// shutdown. Runs on its own thread.
 pub fn deliver(
-    topo: &Topology,
+    redis: &Redis,
     notifier: &dyn Notifier,
     me: &str,
     metrics: &Metrics,
     shutdown: &AtomicBool,
 ) {
-    let lock = redis::Script::new(LOCK_SCRIPT);
     let mut backoff = Duration::from_millis(500);
     let mut conn: Option<Box<dyn ConnectionLike + Send>> = None;
     while !shutdown.load(Ordering::Relaxed) {
         let c = match conn.as_mut() {
             Some(c) => c,
-            None => match topo.keyed() {
+            None => match redis.keyed() {
                 Ok(c) => conn.insert(c),
                 Err(e) => {
                     warn!("alerts: cannot reach Redis: {e}");
@@ -527,7 +567,7 @@ pub fn deliver(
             },
         };
         let step = (|| -> redis::RedisResult<Option<Duration>> {
-            let held: i64 = lock.key(LOCK).arg(me).arg(30_000).invoke(c.as_mut())?;
+            let held: i64 = invoke(LOCK_SCRIPT, &[LOCK], &[a(me), a(30_000)], c.as_mut())?;
             if held != 1 {
                 return Ok(Some(Duration::from_secs(1)));
             }
@@ -583,6 +623,63 @@ pub fn sleep_unless(shutdown: &AtomicBool, d: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection that answers from a list and keeps what it was sent.
+    struct Replies {
+        replies: Vec<&'static [u8]>,
+        sent: Vec<String>,
+    }
+
+    impl ConnectionLike for Replies {
+        fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<redis::Value> {
+            let text = String::from_utf8_lossy(cmd);
+            let args: Vec<&str> = text
+                .split("\r\n")
+                .filter(|l| !l.is_empty() && !l.starts_with('*') && !l.starts_with('$'))
+                .collect();
+            self.sent.push(args[..args.len().min(4)].join(" "));
+            redis::parse_redis_value(self.replies.remove(0))?.extract_error()
+        }
+        fn req_packed_commands(
+            &mut self,
+            _: &[u8],
+            _: usize,
+            _: usize,
+        ) -> redis::RedisResult<Vec<redis::Value>> {
+            unreachable!("no pipelines")
+        }
+        fn get_db(&self) -> i64 {
+            0
+        }
+        fn check_connection(&mut self) -> bool {
+            true
+        }
+        fn is_open(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_script_the_server_lacks_is_sent_whole_never_loaded_on_every_primary() {
+        let hash = redis::Script::new(LOCK_SCRIPT).get_hash().to_string();
+        let mut c = Replies {
+            replies: vec![b"-NOSCRIPT No matching script.\r\n", b":1\r\n"],
+            sent: Vec::new(),
+        };
+        let held: i64 = invoke(LOCK_SCRIPT, &[LOCK], &[a("me"), a(30_000)], &mut c).unwrap();
+        assert_eq!(held, 1);
+        assert_eq!(c.sent.len(), 2, "{:?}", c.sent);
+        assert_eq!(c.sent[0], format!("EVALSHA {hash} 1 {LOCK}"));
+        assert!(c.sent[1].starts_with("EVAL \nlocal holder"), "{:?}", c.sent);
+        assert!(c.sent[1].ends_with(&format!("1 {LOCK}")), "{:?}", c.sent);
+        // Known: one EVALSHA, nothing else.
+        let mut c = Replies {
+            replies: vec![b":0\r\n"],
+            sent: Vec::new(),
+        };
+        let held: i64 = invoke(LOCK_SCRIPT, &[LOCK], &[a("me"), a(30_000)], &mut c).unwrap();
+        assert_eq!((held, c.sent.len()), (0, 1));
+    }
 
     #[test]
     fn money_uses_the_currency_exponent() {

@@ -1,6 +1,7 @@
 //! Command line and environment.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -8,6 +9,22 @@ use clap::{Parser, ValueEnum};
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("{e} (write durations like 500ms, 5s, 5m)"))
+}
+
+/// `host:port`, the host a name, an IPv4 address or an IPv6 one in brackets.
+fn host_port(s: &str) -> Result<(String, u16), String> {
+    let s = s.trim();
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("'{s}': write HOST:PORT"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("'{s}': the port must be a number from 1 to 65535"))?;
+    if host.is_empty() || port == 0 {
+        return Err(format!("'{s}': write HOST:PORT"));
+    }
+    Ok((host.to_string(), port))
 }
 
 /// Comma-separated positive durations: `30s,2m,5m`.
@@ -60,8 +77,9 @@ pub enum LogFormat {
 #[command(name = "pay-sidecar", version)]
 pub struct Options {
     /// Redis URL, with a password or ACL user if needed
-    /// (redis://[user:password@]host:port/). For a cluster, any node: every
-    /// primary is asked.
+    /// (redis://[user:password@]host:port/; rediss:// for TLS). For a
+    /// cluster, any node: every primary is asked. With --sentinel, only its
+    /// user, password, database and scheme are used.
     #[arg(
         long,
         env = "PAY_REDIS_URL",
@@ -69,6 +87,49 @@ pub struct Options {
         hide_env_values = true
     )]
     pub redis_url: String,
+
+    /// With a rediss:// URL: the CA certificate (PEM) that signed the Redis
+    /// servers' certificates, for a private CA. Default: the system's roots.
+    /// The server's name (or IP address) must be in its certificate.
+    #[arg(long, env = "PAY_REDIS_CA_CERT", value_name = "PATH")]
+    pub redis_ca_cert: Option<PathBuf>,
+
+    /// With a rediss:// URL: this sidecar's certificate (PEM), for servers
+    /// that ask for one (mutual TLS, `tls-auth-clients yes`). Needs
+    /// --redis-client-key.
+    #[arg(long, env = "PAY_REDIS_CLIENT_CERT", value_name = "PATH")]
+    pub redis_client_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --redis-client-cert.
+    #[arg(long, env = "PAY_REDIS_CLIENT_KEY", value_name = "PATH")]
+    pub redis_client_key: Option<PathBuf>,
+
+    /// Find the primary through these Redis Sentinels (HOST:PORT, comma
+    /// separated), asked again every round and after any error, so every
+    /// failover is followed. The data nodes get the user, password, database
+    /// and TLS of --redis-url (whose host and port are then not used).
+    #[arg(
+        long = "sentinel",
+        env = "PAY_SENTINELS",
+        value_name = "HOST:PORT",
+        value_delimiter = ',',
+        value_parser = host_port,
+        requires = "sentinel_master"
+    )]
+    pub sentinels: Vec<(String, u16)>,
+
+    /// The master name the Sentinels monitor (`sentinel monitor NAME ...`).
+    #[arg(
+        long,
+        env = "PAY_SENTINEL_MASTER",
+        value_name = "NAME",
+        requires = "sentinels"
+    )]
+    pub sentinel_master: Option<String>,
+
+    /// The Sentinels' own password (`requirepass` in sentinel.conf), if any.
+    #[arg(long, env = "PAY_SENTINEL_PASSWORD", hide_env_values = true)]
+    pub sentinel_password: Option<String>,
 
     /// The payment provider's base URL (GET {url}/payments/{id}, POST {url}/payments).
     #[arg(long, env = "PAY_BANK_URL")]
@@ -149,6 +210,22 @@ impl Options {
                 humantime::format_duration(self.lease),
                 humantime::format_duration(self.timeout)
             ));
+        }
+        let tls = self.redis_url.trim_start().starts_with("rediss://");
+        let certs = [
+            ("--redis-ca-cert", &self.redis_ca_cert),
+            ("--redis-client-cert", &self.redis_client_cert),
+            ("--redis-client-key", &self.redis_client_key),
+        ];
+        if let Some((name, _)) = certs.iter().find(|(_, path)| path.is_some()) {
+            if !tls {
+                return Err(format!(
+                    "{name} needs a rediss:// --redis-url (TLS); the URL says otherwise"
+                ));
+            }
+        }
+        if self.redis_client_cert.is_some() != self.redis_client_key.is_some() {
+            return Err("--redis-client-cert and --redis-client-key go together".into());
         }
         if self.interval.is_zero() || self.alert_repeat.is_zero() || self.unknown_interval.is_zero()
         {
@@ -234,6 +311,69 @@ mod tests {
             Options::try_parse_from(["pay-sidecar", "--bank-url", "x", "--interval", "soon"])
                 .is_err()
         );
+    }
+
+    fn parse(args: &[&str]) -> Result<Options, String> {
+        let mut all = vec!["pay-sidecar", "--bank-url", "x"];
+        all.extend(args);
+        let o = Options::try_parse_from(all).map_err(|e| e.to_string())?;
+        o.validate()?;
+        Ok(o)
+    }
+
+    #[test]
+    fn sentinels_read_as_a_comma_separated_list_and_need_a_master_name() {
+        let o = parse(&[
+            "--sentinel",
+            "10.0.0.1:26379, sentinel-2:26379,[::1]:26380",
+            "--sentinel-master",
+            "pay",
+        ])
+        .unwrap();
+        assert_eq!(
+            o.sentinels,
+            [
+                ("10.0.0.1".to_string(), 26379),
+                ("sentinel-2".to_string(), 26379),
+                ("::1".to_string(), 26380)
+            ]
+        );
+        assert!(parse(&["--sentinel", "a:1"]).is_err(), "no master name");
+        assert!(parse(&["--sentinel-master", "pay"]).is_err(), "no sentinel");
+        for bad in ["a", "a:", ":1", "a:0", "a:99999", "a:b"] {
+            assert!(
+                parse(&["--sentinel", bad, "--sentinel-master", "p"]).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn certificates_need_a_tls_url_and_a_client_certificate_needs_its_key() {
+        let tls = ["--redis-url", "rediss://r:6380/"];
+        let ok = parse(&[&tls[..], &["--redis-ca-cert", "ca.pem"]].concat()).unwrap();
+        assert_eq!(ok.redis_ca_cert, Some(PathBuf::from("ca.pem")));
+        let e = parse(&["--redis-ca-cert", "ca.pem"])
+            .err()
+            .expect("refused");
+        assert!(e.contains("--redis-ca-cert needs a rediss://"), "{e}");
+        let e = parse(&[&tls[..], &["--redis-client-cert", "c.pem"]].concat())
+            .err()
+            .expect("refused");
+        assert!(e.contains("go together"), "{e}");
+        assert!(parse(
+            &[
+                &tls[..],
+                &[
+                    "--redis-client-cert",
+                    "c.pem",
+                    "--redis-client-key",
+                    "k.pem"
+                ]
+            ]
+            .concat()
+        )
+        .is_ok());
     }
 
     #[test]

@@ -354,6 +354,21 @@ fn worker(
         }
         let written = match apply(&mut c, &r, &d) {
             Ok(w) => w,
+            // The node is no longer this primary (a failover demoted it, the
+            // slot moved): the result is not recorded, the lease runs out,
+            // and the next claim, wherever the primary is now, asks the
+            // provider again (GET first: nothing is charged twice).
+            Err(e) if store::primary_moved(&e) => {
+                warn!(
+                    "txn={} attempt={} result {} not recorded: {}; finding the primary again",
+                    r.key,
+                    r.attempts,
+                    d.outcome(),
+                    store::error_text(&e)
+                );
+                metrics.outcome("write_error");
+                return Err(e);
+            }
             // The server refused this one write (the key now holds another
             // type, ...): the others go on.
             Err(e) if e.code().is_some() => {

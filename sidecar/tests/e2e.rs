@@ -4,6 +4,7 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod deploy;
 
 use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
@@ -12,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use deploy::SIDECAR_ACL;
 use pay_sidecar::standin::{Bank, Scripted, Slack};
 use redis::Connection;
 
@@ -956,11 +958,25 @@ fn metrics_and_health_are_served() {
         &["--metrics-addr", &addr, "--log-format", "json"],
     );
     wait_for("the payment", 10, &sidecar, || pending_count(&mut c) == 0);
+    // A 503 (no round finished yet) is an answer too, not an error.
     let get = |path: &str| -> (u16, String) {
-        let mut r = ureq::get(&format!("http://{addr}{path}")).call().unwrap();
+        let mut r = ureq::get(&format!("http://{addr}{path}"))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()
+            .unwrap();
         (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
     };
     wait_for("a healthy round", 5, &sidecar, || get("/healthz").0 == 200);
+    let (_, health) = get("/healthz");
+    let v: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(v["status"], "ok", "{v}");
+    assert_eq!(
+        v["primaries"][0]["address"],
+        format!("127.0.0.1:{}", s.port)
+    );
+    assert_eq!(v["primaries"][0]["reached"], true);
     let (_, text) = get("/metrics");
     assert!(
         text.contains("pay_sidecar_payments_total{outcome=\"succeeded\"} 1"),
@@ -977,36 +993,6 @@ fn metrics_and_health_are_served() {
 }
 
 /// The sidecar's ACL user: only what it needs (README recipe).
-const SIDECAR_ACL: &[&str] = &[
-    "on",
-    ">s3cret",
-    "resetkeys",
-    "~*",
-    "resetchannels",
-    "&pay:stale",
-    "-@all",
-    "+pay.stuck",
-    "+pay.claim",
-    "+pay.update",
-    "+pay.check",
-    "+info",
-    "+ping",
-    "+subscribe",
-    "+evalsha",
-    "+eval",
-    "+script|load",
-    "+zrange",
-    "+zscore",
-    "+zadd",
-    "+zremrangebyscore",
-    "+get",
-    "+set",
-    "+zrem",
-    "+rpush",
-    "+lindex",
-    "+lpop",
-];
-
 #[test]
 fn works_as_a_least_privilege_acl_user_from_the_url() {
     let s = redis();
