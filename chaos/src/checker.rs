@@ -236,17 +236,23 @@ fn nothing_lost(ev: &Evidence) -> Verdict {
             violations.push(format!("{} was acknowledged by WAIT 1 and is gone", s.key));
         }
     }
-    let touched: BTreeSet<&str> = ev
+    let mut touched: BTreeMap<&str, (&str, &Entry)> = BTreeMap::new();
+    for (what, e) in ev
         .charges
         .iter()
-        .chain(ev.declines)
-        .map(|c| c.txn.as_str())
-        .collect();
-    for txn in &touched {
+        .map(|e| ("charged", e))
+        .chain(ev.declines.iter().map(|e| ("declined", e)))
+    {
+        touched.entry(e.txn.as_str()).or_insert((what, e));
+    }
+    for (txn, (what, e)) in &touched {
         let key = format!("{}{txn}", ev.key_prefix);
         if !records.contains_key(&key) {
+            let acked = ev.stories.values().any(|s| s.key == key && s.acknowledged);
             violations.push(format!(
-                "{key} reached the provider (charged or declined) and has no payment in Redis"
+                "{key} was {what} by the provider ({}) and has no payment in Redis (acknowledged by WAIT 1: {})",
+                describe(e),
+                if acked { "yes" } else { "no" }
             ));
         }
     }
@@ -264,7 +270,7 @@ fn nothing_lost(ev: &Evidence) -> Verdict {
             recreated,
             touched.len(),
             touched
-                .iter()
+                .keys()
                 .all(|t| records.contains_key(&format!("{}{t}", ev.key_prefix))),
             records.len()
         ),

@@ -202,8 +202,8 @@ fn inject(e: &Event, sys: &System, provider: &Provider, end: Instant) -> Result<
             let s = &sys.sidecars[e.sidecar];
             let mut mid_call = false;
             if e.kind == Kind::KillSidecar {
-                // Wait (a little) for it to be talking to the provider.
-                let deadline = Instant::now() + Duration::from_secs(3);
+                // Wait (a while) for it to be talking to the provider.
+                let deadline = Instant::now() + Duration::from_secs(8);
                 while Instant::now() < deadline {
                     if provider.sidecar_in_flight(e.sidecar) > 0 {
                         mid_call = true;

@@ -191,7 +191,17 @@ pub fn render(f: &Facts) -> String {
     let _ = writeln!(s, "## Faults injected\n");
     let _ = writeln!(s, "| fault | scheduled | injected |\n| --- | ---: | ---: |");
     for (kind, (scheduled, injected)) in nemesis::tally(f.faults) {
-        let _ = writeln!(s, "| {} | {scheduled} | {injected} |", kind.name());
+        let mid_call = f
+            .faults
+            .iter()
+            .filter(|d| d.kind == kind && d.injected && d.detail.contains("mid-call"))
+            .count();
+        let note = if mid_call > 0 {
+            format!(" ({mid_call} mid-call)")
+        } else {
+            String::new()
+        };
+        let _ = writeln!(s, "| {} | {scheduled} | {injected}{note} |", kind.name());
     }
     let mut windows: BTreeMap<Fault, (u32, u64)> = BTreeMap::new();
     for w in f.windows {

@@ -69,10 +69,10 @@ pub struct Options {
     #[arg(long, env = "PAY_SIDECAR")]
     pub sidecar: Option<PathBuf>,
 
-    /// The servers' `min-replicas-to-write`: 1 makes a primary without a
-    /// live replica (a crashed primary restarted before the Sentinels demote
-    /// it) refuse writes, so nothing acts on a write that a failover will
-    /// erase. 0 shows what happens without it.
+    /// The servers' `min-replicas-to-write` (the README recommends 1): a
+    /// primary without a replica (a crashed primary restarted before the
+    /// Sentinels demote it) refuses writes, so nothing acts on a write that
+    /// a failover will erase. 0 shows what happens without it.
     #[arg(long, env = "CHAOS_MIN_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub min_replicas_to_write: u8,
 
@@ -107,7 +107,7 @@ pub const SIDECAR_ARGS: &[(&str, &str)] = &[
     ("--connect-timeout", "250ms"),
     ("--retry-schedule", "250ms,500ms,1s"),
     ("--max-attempts", "4"),
-    ("--unknown-interval", "1s"),
+    ("--unknown-interval", "5s"),
     ("--alert-after", "2s"),
     ("--alert-repeat", "5s"),
     ("--concurrency", "4"),
@@ -115,8 +115,8 @@ pub const SIDECAR_ARGS: &[(&str, &str)] = &[
 ];
 
 /// `min-replicas-max-lag`: a replica silent longer than this (seconds) does
-/// not count; replicas acknowledge every second.
-pub const MIN_REPLICAS_MAX_LAG: u64 = 2;
+/// not count. The README's recommendation ("Server settings for payments").
+pub const MIN_REPLICAS_MAX_LAG: u64 = 10;
 
 /// Sentinel: how long a silent primary takes to be declared down, and the
 /// failover timeout (a new failover of the same master waits twice that).
