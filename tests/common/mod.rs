@@ -629,3 +629,171 @@ pub fn timed_mass_sweep(
     sleep(Duration::from_millis(200));
     (took, pinger.finish())
 }
+
+// ---------------------------------------------------------------------------
+// Module safety (issue 11): payloads, binary-safe snapshots, server versions.
+// ---------------------------------------------------------------------------
+
+/// Redis's CRC-64 (Jones polynomial, reflected, no final xor): what a DUMP
+/// payload ends with, little-endian.
+pub fn crc64_jones(bytes: &[u8]) -> u64 {
+    const POLY: u64 = 0x95ac_9329_ac4b_c9b5; // 0xad93d23594c935a9 reflected
+    static TABLE: std::sync::OnceLock<[u64; 256]> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut t = [0u64; 256];
+        for (i, slot) in t.iter_mut().enumerate() {
+            let mut crc = i as u64;
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ POLY
+                } else {
+                    crc >> 1
+                };
+            }
+            *slot = crc;
+        }
+        t
+    });
+    bytes.iter().fold(0u64, |crc, &b| {
+        table[((crc ^ u64::from(b)) & 0xff) as usize] ^ (crc >> 8)
+    })
+}
+
+/// A DUMP payload: `value` (an RDB value), the 2-byte RDB version, and a
+/// valid CRC over both.
+pub fn seal_payload(value: &[u8], version: [u8; 2]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len() + 10);
+    out.extend_from_slice(value);
+    out.extend_from_slice(&version);
+    let crc = crc64_jones(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// A DUMP payload's RDB value and RDB version.
+pub fn split_payload(payload: &[u8]) -> (&[u8], [u8; 2]) {
+    assert!(payload.len() > 10, "short DUMP payload");
+    let (value, trailer) = payload.split_at(payload.len() - 10);
+    (value, [trailer[0], trailer[1]])
+}
+
+pub fn dump(c: &mut Connection, key: &[u8]) -> Option<Vec<u8>> {
+    redis::cmd("DUMP").arg(key).query(c).unwrap()
+}
+
+/// A field of an INFO section, as text.
+pub fn info_str(c: &mut Connection, section: &str, field: &str) -> Option<String> {
+    let info: String = redis::cmd("INFO").arg(section).query(c).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().to_string())
+}
+
+/// The server: "redis" or "valkey", with its major and minor version.
+pub fn server_kind(c: &mut Connection) -> (&'static str, u32, u32) {
+    let (name, version) = match info_str(c, "server", "valkey_version") {
+        Some(v) => ("valkey", v),
+        None => ("redis", info_str(c, "server", "redis_version").unwrap()),
+    };
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (name, parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// Redis 8.0 and later have the `internal` command flag.
+pub fn has_internal_command_flag(c: &mut Connection) -> bool {
+    let (name, major, _) = server_kind(c);
+    name == "redis" && major >= 8
+}
+
+/// Every key of the current database, by SCAN, as bytes.
+pub fn all_keys_bytes(c: &mut Connection) -> BTreeSet<Vec<u8>> {
+    let mut cursor = 0u64;
+    let mut keys = BTreeSet::new();
+    loop {
+        let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(1000)
+            .query(c)
+            .unwrap();
+        keys.extend(batch);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+    }
+}
+
+/// Every key of the given databases, byte for byte: its DUMP and its
+/// absolute expiry (PEXPIRETIME).
+pub type RawSnapshot = BTreeMap<(i64, Vec<u8>), (Vec<u8>, i64)>;
+
+pub fn raw_snapshot(c: &mut Connection, dbs: &[i64]) -> RawSnapshot {
+    let mut out = BTreeMap::new();
+    for &db in dbs {
+        select(c, db);
+        for key in all_keys_bytes(c) {
+            let mut pipe = redis::pipe();
+            pipe.cmd("DUMP").arg(&key).cmd("PEXPIRETIME").arg(&key);
+            let (payload, at): (Option<Vec<u8>>, i64) = pipe.query(c).unwrap();
+            if let Some(payload) = payload {
+                out.insert((db, key), (payload, at));
+            }
+        }
+    }
+    select(c, 0);
+    out
+}
+
+/// Two raw snapshots are equal; on failure, says briefly how they differ.
+pub fn assert_same_bytes(a: &RawSnapshot, b: &RawSnapshot, what: &str) {
+    let show = |keys: Vec<&(i64, Vec<u8>)>| -> String {
+        let shown: Vec<String> = keys
+            .iter()
+            .take(5)
+            .map(|(db, k)| format!("{db}:{:?}", String::from_utf8_lossy(k)))
+            .collect();
+        format!("{} keys, e.g. {}", keys.len(), shown.join(", "))
+    };
+    let only_a: Vec<_> = a.keys().filter(|k| !b.contains_key(*k)).collect();
+    let only_b: Vec<_> = b.keys().filter(|k| !a.contains_key(*k)).collect();
+    let changed: Vec<_> = a
+        .iter()
+        .filter(|(k, v)| b.get(*k).is_some_and(|w| w != *v))
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        only_a.is_empty() && only_b.is_empty() && changed.is_empty(),
+        "{what}: only in the first: {}; only in the second: {}; changed: {}",
+        show(only_a),
+        show(only_b),
+        show(changed)
+    );
+}
+
+/// Waits until `r` reports its link to the primary up.
+pub fn wait_link_up(r: &mut Connection) {
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            info_str(r, "replication", "master_link_status").as_deref() == Some("up")
+        }),
+        "replica link not up"
+    );
+}
+
+/// WAIT for `n` replicas to acknowledge everything written so far.
+pub fn wait_replicas(p: &mut Connection, n: i64) {
+    let acked: i64 = redis::cmd("WAIT").arg(n).arg(10_000).query(p).unwrap();
+    assert_eq!(acked, n, "replicas did not acknowledge");
+}
+
+/// Waits for a background AOF rewrite to finish.
+pub fn wait_aof_rewrite(c: &mut Connection) {
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            info_str(c, "persistence", "aof_rewrite_in_progress").as_deref() == Some("0")
+                && info_str(c, "persistence", "aof_rewrite_scheduled").as_deref() == Some("0")
+        }),
+        "AOF rewrite did not finish"
+    );
+}
