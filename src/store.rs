@@ -4,7 +4,7 @@
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use redis_module::native_types::RedisType;
 use redis_module::{logging, raw, Context, NotifyEvent, RedisString};
@@ -187,6 +187,8 @@ pub fn check_api() -> Result<(), String> {
         .map(|(name, _)| name.trim_start_matches("RedisModule_"))
         .collect();
     if missing.is_empty() {
+        // Looked up now, so the first write does not pay for it.
+        set_abs_expire();
         Ok(())
     } else {
         Err(format!(
@@ -196,12 +198,43 @@ pub fn check_api() -> Result<(), String> {
     }
 }
 
-/// Sets a key's expiry to an absolute Unix ms time. Exact where the server has
-/// `RedisModule_SetAbsExpire` (Redis 7.2+, Valkey); on Redis 7.0 it is set
-/// relative to this server's clock, which can land 1 ms later.
+/// `RedisModule_SetAbsExpire` (Redis 6.2.2 and later, Valkey).
+type SetAbsExpire = unsafe extern "C" fn(*mut raw::RedisModuleKey, raw::mstime_t) -> c_int;
+
+/// The server's `RedisModule_SetAbsExpire`, if it has one: the pointer the
+/// crate's API table holds, or else asked of the server by name, once.
+fn set_abs_expire() -> Option<SetAbsExpire> {
+    static FOUND: OnceLock<Option<SetAbsExpire>> = OnceLock::new();
+    *FOUND.get_or_init(|| {
+        // SAFETY: a by-value read of the table Redis filled in at init.
+        if let Some(f) = unsafe { raw::RedisModule_SetAbsExpire } {
+            return Some(f);
+        }
+        // SAFETY: as above.
+        let get_api = unsafe { raw::RedisModule_GetApi }?;
+        let mut found: Option<SetAbsExpire> = None;
+        // SAFETY: GetApi writes the function's address (a nullable function
+        // pointer, which is what `found` is) or nothing; the name is a C string.
+        let status = unsafe {
+            get_api(
+                c"RedisModule_SetAbsExpire".as_ptr(),
+                std::ptr::from_mut(&mut found).cast(),
+            )
+        };
+        if status == raw::REDISMODULE_OK as c_int {
+            found
+        } else {
+            None
+        }
+    })
+}
+
+/// Sets a key's expiry to an absolute Unix ms time: exact, so a replica and
+/// a reloaded AOF hold the primary's deadline to the millisecond. A server
+/// without `RedisModule_SetAbsExpire` (older than 6.2.2) gets it relative to
+/// its own clock, which can land 1 ms later.
 pub fn set_expire_at(key: *mut raw::RedisModuleKey, at_ms: i64) {
-    // SAFETY: reading the function-pointer table Redis filled in at init.
-    if let Some(set_abs) = unsafe { raw::RedisModule_SetAbsExpire } {
+    if let Some(set_abs) = set_abs_expire() {
         // SAFETY: `key` is an open writable key of the calling command.
         unsafe { set_abs(key, at_ms) };
     } else {

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use redis::{Connection, Value};
 
@@ -225,4 +227,50 @@ fn pay_load_is_registered_internal_where_the_server_can() {
         "{}",
         s.log()
     );
+}
+
+/// The absolute expiry the primary chose, to the millisecond, on a replica
+/// and after the AOF is loaded again.
+#[test]
+fn expiry_is_exact_on_replicas_and_after_aof_reload() {
+    let p = Server::with(aof("no"));
+    let r = Server::start();
+    replicate(&r, &p);
+    let mut pc = p.conn();
+    let mut rc = r.conn();
+    let mut pipe = redis::pipe();
+    for i in 0..2_000 {
+        pipe.cmd("PAY.CACHE")
+            .arg(format!("ttl:{i}"))
+            .arg("u")
+            .arg(i)
+            .arg("USD")
+            .arg("TTL")
+            .arg(1 + i % 97)
+            .ignore();
+    }
+    let _: () = pipe.query(&mut pc).unwrap();
+    wait_replicas(&mut pc, 1);
+    let expiries = |c: &mut Connection| -> Vec<i64> {
+        let mut pipe = redis::pipe();
+        for i in 0..2_000 {
+            pipe.cmd("PEXPIRETIME").arg(format!("ttl:{i}"));
+        }
+        pipe.query(c).unwrap()
+    };
+    let on_primary = expiries(&mut pc);
+    assert!(on_primary.iter().all(|&t| t > 0));
+    let on_replica = expiries(&mut rc);
+    let differ = on_primary
+        .iter()
+        .zip(&on_replica)
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(
+        differ, 0,
+        "expiries differ on the replica for {differ} keys"
+    );
+    std::thread::sleep(Duration::from_millis(5));
+    let _: () = redis::cmd("DEBUG").arg("LOADAOF").query(&mut pc).unwrap();
+    assert_eq!(expiries(&mut pc), on_primary, "after DEBUG LOADAOF");
 }
