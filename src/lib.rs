@@ -138,6 +138,8 @@ fn setup(ctx: &Context, args: &[RedisString]) -> Result<(), String> {
     if loaded != Some(raw::REDISMODULE_OK as i32) {
         return Err("a pay.* configuration value was rejected".into());
     }
+    // Also declares HANDLE_IO_ERRORS (and async-load awareness) with
+    // RedisModule_SetModuleOptions.
     store::subscribe_server_events(ctx)?;
     sweep::start(ctx);
     Ok(())
