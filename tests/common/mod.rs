@@ -797,3 +797,63 @@ pub fn wait_aof_rewrite(c: &mut Connection) {
         "AOF rewrite did not finish"
     );
 }
+
+/// The neighbour module (tests/neighbour/neighbour.c), built once per test
+/// process with `cc -shared -fPIC` against the redismodule.h the
+/// redis-module crate ships (or `PAY_REDISMODULE_H`'s directory).
+pub fn neighbour_module() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let source = [here, here.parent().unwrap_or(here)]
+                .iter()
+                .map(|d| d.join("tests/neighbour/neighbour.c"))
+                .find(|p| p.exists())
+                .expect("tests/neighbour/neighbour.c");
+            let include = redismodule_h_dir();
+            let out_dir = option_env!("CARGO_TARGET_TMPDIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir);
+            std::fs::create_dir_all(&out_dir).expect("create the build directory");
+            let out = out_dir.join(format!("neighbour-{}.so", std::process::id()));
+            let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+                .args(["-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-std=c99"])
+                .arg("-I")
+                .arg(&include)
+                .arg("-o")
+                .arg(&out)
+                .arg(&source)
+                .status()
+                .expect("run cc");
+            assert!(status.success(), "cc failed to build the neighbour module");
+            out
+        })
+        .clone()
+}
+
+/// Where redismodule.h is: `PAY_REDISMODULE_H` (a directory), or the
+/// redis-module crate's copy in the cargo registry.
+fn redismodule_h_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("PAY_REDISMODULE_H") {
+        return PathBuf::from(dir);
+    }
+    let cargo_home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo")
+        });
+    let registry = cargo_home.join("registry/src");
+    std::fs::read_dir(&registry)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|index| index.path().join("redis-module-2.0.8/src/include"))
+        .find(|dir| dir.join("redismodule.h").exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "no redis-module-2.0.8 redismodule.h under {}",
+                registry.display()
+            )
+        })
+}
