@@ -256,6 +256,8 @@ fn async_swapdb_load_serves_the_old_data_set_until_swapped_in() {
     payments(&mut rc, "r", 90);
     let old = raw_snapshot(&mut rc, &DBS);
     let old_counts = counts(&mut rc);
+    // A payment RESTOREd into the (writable) replica while it loads.
+    let restored = dump(&mut rc, b"r:0:1").expect("a payment of the replica's");
     let old_pending: Vec<_> = DBS
         .iter()
         .map(|&db| {
@@ -313,6 +315,11 @@ fn async_swapdb_load_serves_the_old_data_set_until_swapped_in() {
     }
     pipe.cmd("SELECT").arg(0).ignore();
     pipe.cmd("INFO").arg("persistence");
+    pipe.cmd("RESTORE")
+        .arg("restored-while-loading")
+        .arg(0)
+        .arg(&restored)
+        .ignore();
     let (info, stuck, persist): (String, Vec<Value>, String) = {
         let mut replies: Vec<Value> = pipe.query(&mut rc).unwrap();
         let persist = replies.pop().map(|v| text(&v)).unwrap();
@@ -361,8 +368,18 @@ fn async_swapdb_load_serves_the_old_data_set_until_swapped_in() {
         "the async load did not stop"
     );
     assert_loaded(&r, "to parser", 2);
-    assert_same_bytes(&old, &raw_snapshot(&mut rc, &DBS), "after the aborted load");
-    assert_eq!(counts(&mut rc), old_counts, "INFO after the aborted load");
+    // The old data set, and the payment RESTOREd meanwhile, indexed.
+    let mut now = raw_snapshot(&mut rc, &DBS);
+    let key = (0, b"restored-while-loading".to_vec());
+    assert_eq!(now.remove(&key).map(|(payload, _)| payload), Some(restored));
+    assert_same_bytes(&old, &now, "after the aborted load");
+    let mut expected_counts = old_counts;
+    expected_counts[0] += 1;
+    assert_eq!(
+        counts(&mut rc),
+        expected_counts,
+        "INFO after the aborted load"
+    );
     assert_index_exact(&mut rc, &DBS);
     std::thread::sleep(Duration::from_millis(200));
     assert_index_exact(&mut rc, &DBS);
