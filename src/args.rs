@@ -12,6 +12,8 @@ pub const MAX_CONSUMER_LEN: usize = 128;
 /// Ten years: a TTL beyond this is a mistake, not a retention policy.
 pub const MAX_TTL_SECS: i64 = 315_360_000;
 pub const MAX_LEASE_MS: i64 = 86_400_000;
+/// Thirty days: the longest back-off a RETRY may set.
+pub const MAX_RETRY_MS: i64 = 30 * 86_400_000;
 pub const DEFAULT_STUCK_COUNT: usize = 100;
 /// One reply never carries more records than this (the event loop must not stall).
 pub const MAX_STUCK_COUNT: usize = 100_000;
@@ -40,17 +42,19 @@ pub struct UpdateArgs<'a> {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Claim<'a> {
-    pub consumer: &'a str,
-    pub lease_ms: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StuckArgs<'a> {
+pub struct StuckArgs {
     /// None: the configured `pay.stale-after-ms`.
     pub older_ms: Option<i64>,
     pub count: usize,
-    pub claim: Option<Claim<'a>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimArgs<'a> {
+    pub consumer: &'a str,
+    pub lease_ms: i64,
+    /// None: records flagged stale, and those older than `pay.stale-after-ms`.
+    pub older_ms: Option<i64>,
+    pub count: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,16 +111,19 @@ pub fn parse_check<'a>(args: &[&'a [u8]]) -> Result<CheckArgs<'a>, PayError> {
     Ok(CheckArgs { key, json })
 }
 
-/// `PAY.UPDATE key status [REASON text] [REF provider_ref]`
+/// `PAY.UPDATE key status [REASON text] [REF ref] [RETRY ms] [FENCE n]`
 pub fn parse_update<'a>(args: &[&'a [u8]]) -> Result<UpdateArgs<'a>, PayError> {
     let [key, status, rest @ ..] = args else {
         return Err(PayError::Arity("PAY.UPDATE"));
     };
     let key = parse_key(key)?;
-    let status = Status::parse(status)
-        .ok_or_else(|| PayError::arg("status must be one of pending, succeeded, failed"))?;
+    let status = Status::parse(status).ok_or_else(|| {
+        PayError::arg("status must be one of pending, succeeded, failed, unknown")
+    })?;
     let mut reason = None;
     let mut provider_ref = None;
+    let mut retry_ms = None;
+    let mut fence = None;
     let mut opts = Options::new(rest);
     while let Some(name) = opts.next_name()? {
         match name.upper() {
@@ -132,8 +139,18 @@ pub fn parse_update<'a>(args: &[&'a [u8]]) -> Result<UpdateArgs<'a>, PayError> {
                     parse_text("REF", v, 1, MAX_REF_LEN)?,
                 )?
             }
+            b"RETRY" => set_once(&mut retry_ms, "RETRY", opts.int("RETRY", 0, MAX_RETRY_MS)?)?,
+            b"FENCE" => {
+                let n = opts.int("FENCE", 0, u32::MAX.into())?;
+                set_once(&mut fence, "FENCE", u32::try_from(n).unwrap_or(u32::MAX))?
+            }
             _ => return Err(unknown_option(name.raw)),
         }
+    }
+    if retry_ms.is_some() && status.is_terminal() {
+        return Err(PayError::arg(
+            "RETRY goes with pending or unknown: a resolved payment is never retried",
+        ));
     }
     Ok(UpdateArgs {
         key,
@@ -141,46 +158,65 @@ pub fn parse_update<'a>(args: &[&'a [u8]]) -> Result<UpdateArgs<'a>, PayError> {
             status,
             reason,
             provider_ref,
+            retry_ms,
+            fence,
         },
     })
 }
 
-/// `PAY.STUCK [OLDER ms] [COUNT n] [CLAIM consumer LEASE ms]`
-pub fn parse_stuck<'a>(args: &[&'a [u8]]) -> Result<StuckArgs<'a>, PayError> {
+/// `PAY.STUCK [OLDER ms] [COUNT n]`
+pub fn parse_stuck(args: &[&[u8]]) -> Result<StuckArgs, PayError> {
     let mut older_ms = None;
     let mut count = None;
-    let mut consumer = None;
-    let mut lease_ms = None;
     let mut opts = Options::new(args);
     while let Some(name) = opts.next_name()? {
         match name.upper() {
             b"OLDER" => set_once(&mut older_ms, "OLDER", opts.int("OLDER", 0, i64::MAX)?)?,
-            b"COUNT" => {
-                let n = opts.int("COUNT", 1, MAX_STUCK_COUNT as i64)?;
-                set_once(&mut count, "COUNT", n as usize)?
+            b"COUNT" => set_once(&mut count, "COUNT", parse_count(&mut opts)?)?,
+            b"CLAIM" | b"LEASE" => {
+                return Err(PayError::arg(
+                    "PAY.STUCK only lists; claims moved to PAY.CLAIM consumer LEASE ms [OLDER ms] [COUNT n]",
+                ))
             }
-            b"CLAIM" => {
-                let v = opts.value("CLAIM")?;
-                set_once(
-                    &mut consumer,
-                    "CLAIM",
-                    parse_text("CLAIM consumer", v, 1, MAX_CONSUMER_LEN)?,
-                )?
-            }
-            b"LEASE" => set_once(&mut lease_ms, "LEASE", opts.int("LEASE", 1, MAX_LEASE_MS)?)?,
             _ => return Err(unknown_option(name.raw)),
         }
     }
-    let claim = match (consumer, lease_ms) {
-        (Some(consumer), Some(lease_ms)) => Some(Claim { consumer, lease_ms }),
-        (None, None) => None,
-        _ => return Err(PayError::arg("CLAIM and LEASE go together")),
-    };
     Ok(StuckArgs {
         older_ms,
         count: count.unwrap_or(DEFAULT_STUCK_COUNT),
-        claim,
     })
+}
+
+/// `PAY.CLAIM consumer LEASE ms [OLDER ms] [COUNT n]`
+pub fn parse_claim<'a>(args: &[&'a [u8]]) -> Result<ClaimArgs<'a>, PayError> {
+    let [consumer, rest @ ..] = args else {
+        return Err(PayError::Arity("PAY.CLAIM"));
+    };
+    let consumer = parse_text("consumer", consumer, 1, MAX_CONSUMER_LEN)?;
+    let mut lease_ms = None;
+    let mut older_ms = None;
+    let mut count = None;
+    let mut opts = Options::new(rest);
+    while let Some(name) = opts.next_name()? {
+        match name.upper() {
+            b"LEASE" => set_once(&mut lease_ms, "LEASE", opts.int("LEASE", 1, MAX_LEASE_MS)?)?,
+            b"OLDER" => set_once(&mut older_ms, "OLDER", opts.int("OLDER", 0, i64::MAX)?)?,
+            b"COUNT" => set_once(&mut count, "COUNT", parse_count(&mut opts)?)?,
+            _ => return Err(unknown_option(name.raw)),
+        }
+    }
+    let lease_ms = lease_ms.ok_or_else(|| PayError::arg("LEASE ms is required"))?;
+    Ok(ClaimArgs {
+        consumer,
+        lease_ms,
+        older_ms,
+        count: count.unwrap_or(1),
+    })
+}
+
+fn parse_count(opts: &mut Options<'_, '_>) -> Result<usize, PayError> {
+    let n = opts.int("COUNT", 1, MAX_STUCK_COUNT as i64)?;
+    Ok(usize::try_from(n).unwrap_or(MAX_STUCK_COUNT))
 }
 
 /// `PAY.LOAD key blob [PXAT unix-ms]` (replication and AOF only)
@@ -513,25 +549,54 @@ mod tests {
     #[test]
     fn stuck_defaults_and_options() {
         let a = parse_stuck(&[]).unwrap();
-        assert_eq!(
-            (a.older_ms, a.count, a.claim),
-            (None, DEFAULT_STUCK_COUNT, None)
-        );
+        assert_eq!((a.older_ms, a.count), (None, DEFAULT_STUCK_COUNT));
         let a = parse_stuck(&[b"older", b"0", b"count", b"5000"]).unwrap();
         assert_eq!((a.older_ms, a.count), (Some(0), 5000));
-        let a = parse_stuck(&[b"CLAIM", b"w1", b"LEASE", b"30000"]).unwrap();
-        assert_eq!(
-            a.claim,
-            Some(Claim {
-                consumer: "w1",
-                lease_ms: 30000
-            })
-        );
-        assert!(msg(parse_stuck(&[b"CLAIM", b"w1"])).contains("CLAIM and LEASE go together"));
+        let e = msg(parse_stuck(&[b"CLAIM", b"w1", b"LEASE", b"30000"]));
+        assert!(e.contains("PAY.CLAIM consumer LEASE ms"), "{e}");
         assert!(parse_stuck(&[b"COUNT", b"0"]).is_err());
         assert!(parse_stuck(&[b"COUNT", b"100001"]).is_err());
         assert!(parse_stuck(&[b"OLDER", b"-1"]).is_err());
         assert!(parse_stuck(&[b"BOGUS"]).is_err());
+    }
+
+    #[test]
+    fn claim_needs_a_consumer_and_a_lease() {
+        let a = parse_claim(&[b"w1", b"lease", b"30000"]).unwrap();
+        assert_eq!(
+            a,
+            ClaimArgs {
+                consumer: "w1",
+                lease_ms: 30000,
+                older_ms: None,
+                count: 1
+            }
+        );
+        let a = parse_claim(&[b"w1", b"COUNT", b"7", b"LEASE", b"1", b"OLDER", b"0"]).unwrap();
+        assert_eq!((a.count, a.older_ms, a.lease_ms), (7, Some(0), 1));
+        assert!(msg(parse_claim(&[b"w1"])).contains("LEASE ms is required"));
+        assert!(msg(parse_claim(&[])).starts_with("ERR wrong number"));
+        assert!(parse_claim(&[b"", b"LEASE", b"5"]).is_err());
+        assert!(parse_claim(&[b"w1", b"LEASE", b"0"]).is_err());
+        assert!(parse_claim(&[b"w1", b"LEASE", b"86400001"]).is_err());
+        assert!(parse_claim(&[b"w\x01", b"LEASE", b"5"]).is_err());
+    }
+
+    #[test]
+    fn update_takes_retry_and_fence() {
+        let a = parse_update(&[b"k", b"unknown", b"RETRY", b"3600000", b"FENCE", b"4"]).unwrap();
+        assert_eq!(a.update.status, Status::Unknown);
+        assert_eq!(
+            (a.update.retry_ms, a.update.fence),
+            (Some(3_600_000), Some(4))
+        );
+        assert!(parse_update(&[b"k", b"pending", b"RETRY", b"0"]).is_ok());
+        let e = msg(parse_update(&[b"k", b"succeeded", b"RETRY", b"5"]));
+        assert!(e.contains("RETRY goes with pending or unknown"), "{e}");
+        assert!(parse_update(&[b"k", b"pending", b"FENCE", b"-1"]).is_err());
+        assert!(parse_update(&[b"k", b"pending", b"FENCE", b"4294967296"]).is_err());
+        assert!(parse_update(&[b"k", b"pending", b"RETRY", b"2592000001"]).is_err());
+        assert!(parse_update(&[b"k", b"pending", b"FENCE", b"1", b"FENCE", b"1"]).is_err());
     }
 
     #[test]

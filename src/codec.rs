@@ -1,38 +1,48 @@
 //! The one binary form of a record, used for RDB (and so DUMP/RESTORE and
 //! replica full sync), AOF rewrite and replication (`PAY.LOAD key blob`).
 //!
-//! Layout (little-endian), version 1:
-//! `u8 version, u8 status, u8 flags (1 = stale, 2 = leased), [u8; 3] currency,
-//! i64 amount, i64 created_at, i64 updated_at, u32 attempts,
-//! str user_id, str reason, str provider_ref, [str lease_owner, i64 lease_until]`
-//! where `str` is a u16 length and UTF-8 bytes. Decoding checks every field
-//! with the same rules as the commands, so no byte string can make a record
-//! that PAY.CACHE could not have made.
+//! Layout (little-endian), version 2:
+//! `u8 version, u8 status, u8 flags (1 = stale, 2 = has a lease owner,
+//! 4 = has a hold deadline), [u8; 3] currency, i64 amount, i64 created_at,
+//! i64 updated_at, u32 attempts, u32 ttl_secs, str user_id, str reason,
+//! str provider_ref, [str lease_owner], [i64 lease_until]`
+//! where `str` is a u16 length and UTF-8 bytes. Version 1 (no TTL; owner and
+//! deadline always together, flag 2) is still read, so data written before
+//! contract v2 loads. Decoding checks every field with the same rules as the
+//! commands, so no byte string can make a record that the commands could not
+//! have made. The key is not in the blob: it travels beside it, as any bytes
+//! Redis allows.
 
-use crate::args::{parse_text, MAX_CONSUMER_LEN, MAX_REASON_LEN, MAX_REF_LEN, MAX_USER_ID_LEN};
+use crate::args::{
+    parse_text, MAX_CONSUMER_LEN, MAX_REASON_LEN, MAX_REF_LEN, MAX_TTL_SECS, MAX_USER_ID_LEN,
+};
+use crate::config::DEFAULT_TTL;
 use crate::error::PayError;
-use crate::record::{Lease, Record, Status, Text, MAX_TIMESTAMP_MS};
+use crate::record::{Record, Status, Text, MAX_TIMESTAMP_MS};
 
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 const FLAG_STALE: u8 = 1;
-const FLAG_LEASED: u8 = 2;
+const FLAG_OWNER: u8 = 2;
+const FLAG_HOLD: u8 = 4;
 
 pub fn encode(r: &Record) -> Vec<u8> {
-    let mut out = Vec::with_capacity(48 + r.heap_size() + 8);
+    let mut out = Vec::with_capacity(52 + r.heap_size() + 8);
     encode_into(r, &mut out);
     out
 }
 
 /// Appends the encoding of `r` to `out`.
 pub fn encode_into(r: &Record, out: &mut Vec<u8>) {
+    let text = r.text();
     let mut flags = 0;
     if r.stale {
         flags |= FLAG_STALE;
     }
-    let text = r.text();
-    let leased = !text.lease_owner.is_empty();
-    if leased {
-        flags |= FLAG_LEASED;
+    if !text.lease_owner.is_empty() {
+        flags |= FLAG_OWNER;
+    }
+    if text.lease_until != 0 {
+        flags |= FLAG_HOLD;
     }
     out.push(VERSION);
     out.push(r.status as u8);
@@ -42,11 +52,14 @@ pub fn encode_into(r: &Record, out: &mut Vec<u8>) {
     out.extend_from_slice(&r.created_at.to_le_bytes());
     out.extend_from_slice(&r.updated_at.to_le_bytes());
     out.extend_from_slice(&r.attempts.to_le_bytes());
+    out.extend_from_slice(&text.ttl_secs.to_le_bytes());
     put_str(out, text.user_id);
     put_str(out, text.reason);
     put_str(out, text.provider_ref);
-    if leased {
+    if flags & FLAG_OWNER != 0 {
         put_str(out, text.lease_owner);
+    }
+    if flags & FLAG_HOLD != 0 {
         out.extend_from_slice(&text.lease_until.to_le_bytes());
     }
 }
@@ -72,12 +85,17 @@ impl std::fmt::Display for DecodeError {
 pub fn decode(key: &[u8], bytes: &[u8]) -> Result<Record, DecodeError> {
     let mut rd = Reader { bytes };
     let version = rd.u8()?;
-    if version != VERSION {
-        return Err(DecodeError(format!("unknown encoding version {version}")));
-    }
+    let (owner_flag, hold_flag) = match version {
+        1 => (FLAG_OWNER, FLAG_OWNER),
+        VERSION => (FLAG_OWNER, FLAG_HOLD),
+        _ => return Err(DecodeError(format!("unknown encoding version {version}"))),
+    };
     let status = Status::from_code(rd.u8()?).ok_or_else(|| bad("unknown status"))?;
+    if version == 1 && status == Status::Unknown {
+        return Err(bad("unknown status"));
+    }
     let flags = rd.u8()?;
-    if flags & !(FLAG_STALE | FLAG_LEASED) != 0 {
+    if flags & !(FLAG_STALE | owner_flag | hold_flag) != 0 {
         return Err(bad("unknown flags"));
     }
     let currency: [u8; 3] = rd.array()?;
@@ -97,6 +115,14 @@ pub fn decode(key: &[u8], bytes: &[u8]) -> Result<Record, DecodeError> {
     if updated_at > MAX_TIMESTAMP_MS {
         return Err(bad("timestamps beyond year 9999"));
     }
+    let ttl_secs = if version == 1 {
+        u32::try_from(DEFAULT_TTL.get()).unwrap_or(u32::MAX)
+    } else {
+        u32::from_le_bytes(rd.array()?)
+    };
+    if !(1..=MAX_TTL_SECS).contains(&i64::from(ttl_secs)) {
+        return Err(bad("TTL out of range"));
+    }
     let user_id = rd.text("user_id", 1, MAX_USER_ID_LEN)?;
     let reason = rd.str_bytes()?;
     let reason = std::str::from_utf8(reason)
@@ -104,30 +130,39 @@ pub fn decode(key: &[u8], bytes: &[u8]) -> Result<Record, DecodeError> {
         .filter(|s| s.len() <= MAX_REASON_LEN)
         .ok_or_else(|| bad("reason"))?;
     let provider_ref = rd.text("provider_ref", 0, MAX_REF_LEN)?;
-    let lease = if flags & FLAG_LEASED != 0 {
-        let owner = rd.text("lease owner", 1, MAX_CONSUMER_LEN)?;
-        let until = i64::from_le_bytes(rd.array()?);
-        Some(Lease { owner, until })
+    let lease_owner = if flags & owner_flag != 0 {
+        rd.text("lease owner", 1, MAX_CONSUMER_LEN)?
     } else {
-        None
+        ""
+    };
+    let lease_until = if flags & hold_flag != 0 {
+        let until = i64::from_le_bytes(rd.array()?);
+        if until == 0 {
+            return Err(bad("a hold deadline of 0"));
+        }
+        until
+    } else {
+        0
     };
     if !rd.bytes.is_empty() {
         return Err(bad("trailing bytes"));
     }
-    if status.is_terminal() && (lease.is_some() || flags & FLAG_STALE != 0) {
-        return Err(bad("a resolved payment cannot be stale or leased"));
+    let stale = flags & FLAG_STALE != 0;
+    if status.is_terminal() && (stale || !lease_owner.is_empty() || lease_until != 0) {
+        return Err(bad("a resolved payment cannot be stale, leased or held"));
     }
     let text = Text {
         key,
         user_id,
         reason,
         provider_ref,
-        lease_owner: lease.map_or("", |l| l.owner),
-        lease_until: lease.map_or(0, |l| l.until),
+        lease_owner,
+        lease_until,
+        ttl_secs,
     };
     let mut r = Record::with_text(text, amount, currency, created_at);
     r.status = status;
-    r.stale = flags & FLAG_STALE != 0;
+    r.stale = stale;
     r.updated_at = updated_at;
     r.attempts = attempts;
     Ok(r)
@@ -191,6 +226,7 @@ mod tests {
             provider_ref: "",
             lease_owner: "worker-1",
             lease_until: created + 30_000,
+            ttl_secs: 3600,
         };
         let mut r = Record::with_text(text, 1000, *b"USD", created);
         r.stale = true;
@@ -201,13 +237,14 @@ mod tests {
 
     #[test]
     fn round_trips_every_field() {
-        for r in [full(), Record::new(b"k", "u", 0, *b"EUR", 0)] {
+        for r in [full(), Record::new(b"k", "u", 0, *b"EUR", 0, 1)] {
             assert_eq!(decode(r.key(), &encode(&r)), Ok(r));
         }
         let text = Text {
             key: b"k",
             user_id: "u",
             provider_ref: "ch_1",
+            ttl_secs: 86_400,
             ..Text::default()
         };
         let mut done = Record::with_text(text, i64::MAX, *b"JPY", 1);
@@ -247,6 +284,55 @@ mod tests {
         let mut v = good.clone();
         v[1] = Status::Succeeded as u8; // resolved yet leased and stale
         assert!(decode(b"k", &v).is_err());
+        let mut v = good.clone();
+        v[34..38].copy_from_slice(&0u32.to_le_bytes()); // TTL 0
+        assert_eq!(decode(b"k", &v), Err(bad("TTL out of range")));
+    }
+
+    #[test]
+    fn a_hold_travels_without_an_owner_and_unknown_round_trips() {
+        let mut r = Record::new(b"k", "u", 5, *b"EUR", 10, 60);
+        r.status = Status::Unknown;
+        r.apply(
+            &crate::record::Update {
+                status: Status::Unknown,
+                retry_ms: Some(3_600_000),
+                ..Default::default()
+            },
+            20,
+        )
+        .unwrap();
+        assert_eq!(r.lease(), None);
+        assert_eq!(r.held_until(), 3_600_020);
+        assert_eq!(decode(b"k", &encode(&r)), Ok(r));
+    }
+
+    #[test]
+    fn version_1_records_still_load() {
+        // A leased, stale pending record as contract v1 wrote it.
+        let mut v1 = vec![1u8, 0, 1 | 2];
+        v1.extend_from_slice(b"USD");
+        for n in [1000i64, 5, 6] {
+            v1.extend_from_slice(&n.to_le_bytes());
+        }
+        v1.extend_from_slice(&2u32.to_le_bytes());
+        for s in ["u1", "timeout", "", "w1"] {
+            v1.extend_from_slice(&(s.len() as u16).to_le_bytes());
+            v1.extend_from_slice(s.as_bytes());
+        }
+        v1.extend_from_slice(&99i64.to_le_bytes());
+        let r = decode(b"txn", &v1).unwrap();
+        assert_eq!(
+            (r.status, r.stale, r.attempts, r.amount),
+            (Status::Pending, true, 2, 1000)
+        );
+        assert_eq!(r.lease().map(|l| (l.owner, l.until)), Some(("w1", 99)));
+        assert_eq!(r.ttl_secs(), 86_400);
+        assert_eq!(r.text().reason, "timeout");
+        // Version 1 had no unknown status.
+        let mut bad_v1 = v1.clone();
+        bad_v1[1] = Status::Unknown as u8;
+        assert!(decode(b"txn", &bad_v1).is_err());
     }
 
     #[test]

@@ -6,11 +6,13 @@ use std::ptr;
 
 use redis_module::{raw, Context, ContextFlags, RedisError, RedisResult, RedisString, RedisValue};
 
+use crate::acl::{Access, Caller};
 use crate::args::{self, StuckArgs};
 use crate::codec;
 use crate::config;
 use crate::error::PayError;
-use crate::record::{Applied, Record};
+use crate::index::Handle;
+use crate::record::{transaction_id, Applied, Record};
 use crate::stats;
 use crate::store::{self, index, now_ms, publish, rm, selected_db, PayKey, Payment};
 
@@ -49,18 +51,21 @@ pub fn cache(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         },
         None => {
             let now = now_ms();
-            let ttl_ms = a.ttl_secs.unwrap_or_else(|| config::DEFAULT_TTL.get()) * 1000;
-            let expire_at = now.saturating_add(ttl_ms);
-            let rec = Record::new(a.key, a.user_id, a.amount, a.currency, now);
+            let ttl = a.ttl_secs.unwrap_or_else(|| config::DEFAULT_TTL.get());
+            // Both sources are bounded by MAX_TTL_SECS, far below u32::MAX.
+            let ttl = u32::try_from(ttl).unwrap_or(u32::MAX);
+            // No expiry yet: an unresolved payment never expires. It gets
+            // `ttl` when it resolves.
+            let rec = Record::new(a.key, a.user_id, a.amount, a.currency, now, ttl);
             key.set(Payment::admitted(selected_db(ctx), rec))
                 .map_err(fail)?;
-            key.expire_at(expire_at);
             let Some(p) = key.payment().map_err(fail)? else {
                 return Err(fail(PayError::NoPayment));
             };
-            publish(ctx, name, &p.rec, Some(expire_at), c"pay.cache");
             stats::CREATED.incr();
             reply_cached(ctx, &p.rec, "created", a.brief);
+            // Last: after the event, another module may have changed the key.
+            publish(ctx, name, &p.rec, None, c"pay.cache");
             Ok(RedisValue::NoReply)
         }
     }
@@ -73,7 +78,9 @@ pub fn check(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let key = PayKey::open(ctx, key_arg(&args)?, false);
     match key.payment().map_err(fail)? {
         None => Ok(RedisValue::Null),
-        Some(p) if a.json => Ok(RedisValue::BulkString(p.rec.to_json())),
+        Some(p) if a.json => Ok(RedisValue::BulkString(
+            p.rec.to_json(config::key_prefix().as_bytes()),
+        )),
         Some(p) => {
             reply_record(ctx, &p.rec, None);
             Ok(RedisValue::NoReply)
@@ -81,7 +88,7 @@ pub fn check(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     }
 }
 
-/// `PAY.UPDATE key status [REASON text] [REF provider_ref]`
+/// `PAY.UPDATE key status [REASON text] [REF ref] [RETRY ms] [FENCE n]`
 pub fn update(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let argv = argv(&args);
     let a = args::parse_update(&argv).map_err(fail)?;
@@ -91,71 +98,175 @@ pub fn update(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         return Err(fail(PayError::NoPayment));
     };
     let before = p.facts();
-    match p.rec.apply(&a.update, now_ms()).map_err(fail)? {
-        Applied::Unchanged => {}
-        Applied::Changed => {
-            index().change(p.member, before, p.facts(), p.handle());
-            publish(ctx, name, &p.rec, None, c"pay.update");
-            stats::UPDATES.incr();
+    let now = now_ms();
+    let applied = p.rec.apply(&a.update, now).map_err(|e| {
+        if matches!(e, PayError::Fenced { .. }) {
+            stats::FENCED.incr();
         }
+        fail(e)
+    })?;
+    if applied == Applied::Unchanged {
+        reply_record(ctx, &p.rec, None);
+        return Ok(RedisValue::NoReply);
     }
+    // Resolved: the key lives its TTL from now, as an absolute time that
+    // replicas and the AOF receive as it is.
+    let expire_at = (applied == Applied::Resolved)
+        .then(|| now.saturating_add(i64::from(p.rec.ttl_secs()).saturating_mul(1000)));
+    match expire_at {
+        Some(at) => key.expire_at(at),
+        None => key.keep_unresolved(ctx, name),
+    }
+    index().change(p.member, before, p.facts(), p.handle());
+    stats::UPDATES.incr();
     reply_record(ctx, &p.rec, None);
+    // Last: after the event, another module may have changed the key.
+    publish(ctx, name, &p.rec, expire_at, c"pay.update");
     Ok(RedisValue::NoReply)
 }
 
-/// `PAY.STUCK [OLDER ms] [COUNT n] [CLAIM consumer LEASE ms]`
+/// `PAY.STUCK [OLDER ms] [COUNT n]`
 ///
-/// Walks the pending index oldest first. With CLAIM, records under a live
-/// lease are skipped (in memory, without opening their keys) and each record
-/// returned is leased to the consumer, with one more attempt counted, in the
-/// same atomic step.
+/// Read-only, so replicas serve it. Lists unresolved records (pending and
+/// unknown, leased or not) created at least OLDER ms ago, oldest first; equal
+/// ages are ordered by key, so the primary, its replicas and a restarted
+/// server list the same. Only keys the caller may read are listed.
 pub fn stuck(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let argv = argv(&args);
     let a: StuckArgs = args::parse_stuck(&argv).map_err(fail)?;
+    let caller = Caller::of(ctx).map_err(fail)?;
     let older = a.older_ms.unwrap_or_else(|| config::STALE_AFTER_MS.get());
+    // OLDER 0 is everything, even a record dated ahead of this server's
+    // clock (written by a primary whose clock ran ahead).
+    let cutoff = if older == 0 {
+        i64::MAX
+    } else {
+        now_ms().saturating_sub(older)
+    };
+    let db = selected_db(ctx);
+    // Gather COUNT records, and every other record of the last one's age,
+    // then order each age by key and cut at COUNT.
+    let mut picked: Vec<(i64, RedisString, Handle)> = Vec::new();
+    let mut after = None;
+    'pages: loop {
+        let want = a.count.saturating_sub(picked.len()).clamp(16, 4096);
+        let page = index().unresolved_page(db, cutoff, after, want);
+        let Some(last) = page.last() else { break };
+        after = Some(last.position());
+        for entry in &page {
+            let full = picked.len() >= a.count;
+            if full && picked.last().map(|p| p.0) != Some(entry.created_at) {
+                break 'pages;
+            }
+            let Some(name) = store::listed_key(ctx, db, entry) else {
+                continue;
+            };
+            if caller.may(&name, Access::Read) {
+                picked.push((entry.created_at, name, entry.handle));
+            }
+        }
+        if page.len() < want {
+            break;
+        }
+    }
+    picked.sort_by(|x, y| {
+        x.0.cmp(&y.0)
+            .then_with(|| x.1.as_slice().cmp(y.1.as_slice()))
+    });
+    picked.truncate(a.count);
+    raw::reply_with_array(ctx.ctx, raw::REDISMODULE_POSTPONED_LEN as c_long);
+    let mut sent = 0usize;
+    for (_, name, handle) in &picked {
+        let key = PayKey::open(ctx, name, false);
+        match key.payment() {
+            Ok(Some(p)) if ptr::eq(p, *handle as *const Payment) && !p.rec.status.is_terminal() => {
+                reply_record(ctx, &p.rec, None);
+                sent += 1;
+            }
+            // Expired as it was opened: not an index error.
+            Ok(None) => {}
+            _ => stats::INDEX_MISSES.incr(),
+        }
+    }
+    rm!(RedisModule_ReplySetArrayLength(ctx.ctx, sent as c_long));
+    Ok(RedisValue::NoReply)
+}
+
+/// `PAY.CLAIM consumer LEASE ms [OLDER ms] [COUNT n]`
+///
+/// Leases unresolved records that are stale (without OLDER: flagged by the
+/// sweeper, or older than `pay.stale-after-ms`; with OLDER: created at least
+/// that long ago) and not held, oldest first, to `consumer` for LEASE ms,
+/// counting an attempt on each, in one atomic step. Held records are kept
+/// apart by the index, so this costs O(log N + k) however many are leased.
+/// Only keys the caller may write are leased.
+pub fn claim(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let argv = argv(&args);
+    let a = args::parse_claim(&argv).map_err(fail)?;
+    let caller = Caller::of(ctx).map_err(fail)?;
     let now = now_ms();
-    let cutoff = now.saturating_sub(older);
-    let claiming = a.claim.is_some();
-    // SAFETY: the index calls this on its own entries, under its lock.
-    let leased = |h| claiming && unsafe { store::payment_at(h) }.rec.leased_at(now);
+    let (stale_cutoff, fresh_cutoff) = match a.older_ms {
+        Some(0) => (i64::MAX, i64::MAX),
+        Some(older) => {
+            let cutoff = now.saturating_sub(older);
+            (cutoff, cutoff)
+        }
+        None => (i64::MAX, now.saturating_sub(config::STALE_AFTER_MS.get())),
+    };
     let db = selected_db(ctx);
     raw::reply_with_array(ctx.ctx, raw::REDISMODULE_POSTPONED_LEN as c_long);
     let mut sent = 0usize;
     let mut after = None;
     while sent < a.count {
-        let page = index().pending_page(db, cutoff, after, a.count - sent, leased);
+        // Pages of at least 64: records the caller may not write are skipped
+        // without a new index walk each.
+        let want = (a.count - sent).clamp(64, 4096);
+        let page = index().claim_page(db, now, stale_cutoff, fresh_cutoff, after, want);
         let Some(last) = page.last() else { break };
         after = Some(last.position());
+        let exhausted = page.len() < want;
         for entry in &page {
-            // Gone since the page was read (a CLAIM's notification may have
-            // let another module act): skip it.
+            if sent == a.count {
+                break;
+            }
             let Some(name) = store::listed_key(ctx, db, entry) else {
                 continue;
             };
-            let key = PayKey::open(ctx, &name, claiming);
+            if !caller.may(&name, Access::Write) {
+                continue;
+            }
+            let key = PayKey::open(ctx, &name, true);
             match key.payment() {
                 Ok(Some(p))
                     if ptr::eq(p, entry.handle as *const Payment)
                         && !p.rec.status.is_terminal() =>
                 {
-                    if let Some(claim) = &a.claim {
-                        let before = p.facts();
-                        if p.rec.lease().is_some() {
-                            stats::LEASES_EXPIRED.incr();
-                        }
-                        p.rec.claim(claim.consumer, now, claim.lease_ms);
-                        index().change(p.member, before, p.facts(), entry.handle);
-                        publish(ctx, &name, &p.rec, None, c"pay.claim");
-                        stats::CLAIMS.incr();
+                    // A hold still live although listed as ready: this
+                    // server's clock went back since it was released.
+                    if p.rec.leased_at(now) {
+                        continue;
                     }
+                    let before = p.facts();
+                    if p.rec.lease().is_some() {
+                        stats::LEASES_EXPIRED.incr();
+                    }
+                    p.rec.claim(a.consumer, now, a.lease_ms);
+                    key.keep_unresolved(ctx, &name);
+                    index().change(p.member, before, p.facts(), entry.handle);
+                    stats::CLAIMS.incr();
                     reply_record(ctx, &p.rec, None);
                     sent += 1;
+                    // Last: after the event, another module may have
+                    // changed the key; the next entry is found afresh.
+                    publish(ctx, &name, &p.rec, None, c"pay.claim");
                 }
-                // Expired just now (opening the key deleted it, and the free
-                // callback dropped the entry): not an index error.
+                // Expired as it was opened: not an index error.
                 Ok(None) => {}
                 _ => stats::INDEX_MISSES.incr(),
             }
+        }
+        if exhausted {
+            break;
         }
     }
     rm!(RedisModule_ReplySetArrayLength(ctx.ctx, sent as c_long));
@@ -222,7 +333,7 @@ fn reply_record(ctx: &Context, r: &Record, outcome: Option<&str>) {
     let int = |n: i64| {
         raw::reply_with_long_long(c, n);
     };
-    let fields = 13 + c_long::from(outcome.is_some());
+    let fields = 14 + c_long::from(outcome.is_some());
     raw::reply_with_map(c, fields);
     if let Some(o) = outcome {
         bulk(b"outcome");
@@ -230,7 +341,7 @@ fn reply_record(ctx: &Context, r: &Record, outcome: Option<&str>) {
     }
     let text = r.text();
     bulk(b"transaction_id");
-    bulk(text.key);
+    bulk(transaction_id(text.key, config::key_prefix().as_bytes()));
     bulk(b"user_id");
     bulk(text.user_id.as_bytes());
     bulk(b"amount");
@@ -255,4 +366,6 @@ fn reply_record(ctx: &Context, r: &Record, outcome: Option<&str>) {
     bulk(text.lease_owner.as_bytes());
     bulk(b"lease_until");
     int(text.lease_until);
+    bulk(b"key");
+    bulk(text.key);
 }

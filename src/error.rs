@@ -16,6 +16,9 @@ pub enum PayError {
     Transition { from: Status, to: Status },
     /// PAY.UPDATE on a key that holds no payment.
     NoPayment,
+    /// A FENCE that no longer matches: the payment was claimed again since
+    /// the caller's claim.
+    Fenced { expected: u32, attempts: u32 },
     /// The key holds another kind of value.
     WrongType,
 }
@@ -38,7 +41,11 @@ impl fmt::Display for PayError {
                 from.as_str(),
                 to.as_str()
             ),
-            PayError::NoPayment => write!(f, "ERR no such payment"),
+            PayError::NoPayment => write!(f, "NOPAYMENT no such payment"),
+            PayError::Fenced { expected, attempts } => write!(
+                f,
+                "FENCED the payment was claimed again since (attempts is {attempts}, not {expected}); nothing changed"
+            ),
             PayError::WrongType => write!(
                 f,
                 "WRONGTYPE Operation against a key holding the wrong kind of value"

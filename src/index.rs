@@ -1,6 +1,13 @@
-//! The exact in-memory index of pending payments, per database, ordered by
-//! age; plus the count of records by status. Plain Rust: the Redis glue tells
-//! it every way a record comes, changes, moves and goes.
+//! The exact in-memory index of unresolved (pending and unknown) payments,
+//! per database, ordered by age; plus the count of records by status. Plain
+//! Rust: the Redis glue tells it every way a record comes, changes, moves and
+//! goes.
+//!
+//! An unresolved record is *ready* (listed by age, in a fresh or a stale set)
+//! or *held* (a claim's lease or a RETRY back-off keeps it from claims until a
+//! deadline: listed by age and by deadline). Claims walk the ready sets only,
+//! after moving the holds that ran out back to them, so a claim costs
+//! O(log N + k) however many records are under lease.
 //!
 //! Databases map to *slots* so that SWAPDB is a swap of two numbers, and each
 //! slot has a *generation* so that FLUSHDB ASYNC can forget a whole slot at
@@ -12,9 +19,9 @@ use std::ops::Bound;
 
 use crate::record::Status;
 
-/// What the index keeps of a pending record: an opaque handle, unique among
-/// the records alive (the Redis glue uses the record's address). The index
-/// never dereferences it.
+/// What the index keeps of an unresolved record: an opaque handle, unique
+/// among the records alive (the Redis glue uses the record's address). The
+/// index never dereferences it.
 pub type Handle = usize;
 
 /// Where a record is registered. Stored in the record's in-memory wrapper.
@@ -30,6 +37,14 @@ pub struct Facts {
     pub created_at: i64,
     pub status: Status,
     pub stale: bool,
+    /// The hold deadline (Unix ms); 0: never held.
+    pub until: i64,
+}
+
+impl Facts {
+    fn unresolved(&self) -> bool {
+        !self.status.is_terminal()
+    }
 }
 
 impl Member {
@@ -40,7 +55,7 @@ impl Member {
     };
 }
 
-/// A pending payment as listed by [`Index::pending_page`].
+/// An unresolved payment as listed by the index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pending {
     pub created_at: i64,
@@ -57,22 +72,28 @@ impl Pending {
 /// records created in the same millisecond.
 pub type Age = (i64, Handle);
 
+/// A held record by deadline: (until, created_at, handle, stale).
+type Hold = (i64, i64, Handle, bool);
+
 #[derive(Default)]
 struct Slot {
     gen: u32,
-    /// Pending and not yet flagged stale.
+    /// Ready, not yet flagged stale.
     fresh: BTreeSet<Age>,
-    /// Pending and flagged stale.
+    /// Ready and flagged stale.
     stale: BTreeSet<Age>,
-    /// Records by status, then pending records flagged stale.
-    counts: [u64; 4],
+    /// Held: by age (for listings) and by deadline (to release them).
+    held_age: BTreeSet<Age>,
+    held: BTreeSet<Hold>,
+    /// Records by status, then unresolved records flagged stale.
+    counts: [u64; 5],
 }
 
-/// Where the count of stale pending records is kept in `Slot::counts`.
-const STALE: usize = 3;
+/// Where the count of stale unresolved records is kept in `Slot::counts`.
+const STALE: usize = 4;
 
 impl Slot {
-    fn map(&mut self, stale: bool) -> &mut BTreeSet<Age> {
+    fn ready(&mut self, stale: bool) -> &mut BTreeSet<Age> {
         if stale {
             &mut self.stale
         } else {
@@ -89,23 +110,54 @@ impl Slot {
             };
         };
         bump(f.status as usize);
-        if f.status == Status::Pending && f.stale {
+        if f.unresolved() && f.stale {
             bump(STALE);
         }
     }
 
-    /// Counts a record, and lists it if pending.
-    fn enter(&mut self, f: Facts, handle: Handle) {
-        self.tally(f, true);
-        if f.status == Status::Pending {
-            self.map(f.stale).insert((f.created_at, handle));
+    /// Lists an unresolved record: held when it carries a deadline (even one
+    /// already past: the next claim or sweep makes it ready).
+    fn list(&mut self, f: Facts, handle: Handle) {
+        if f.until != 0 {
+            self.held.insert((f.until, f.created_at, handle, f.stale));
+            self.held_age.insert((f.created_at, handle));
+        } else {
+            self.ready(f.stale).insert((f.created_at, handle));
         }
     }
 
-    /// Uncounts a record, and unlists it if pending; whether it was listed.
+    /// Counts a record, and lists it if unresolved.
+    fn enter(&mut self, f: Facts, handle: Handle) {
+        self.tally(f, true);
+        if f.unresolved() {
+            self.list(f, handle);
+        }
+    }
+
+    /// Uncounts a record, and unlists it if unresolved; whether it was listed.
     fn leave(&mut self, f: Facts, handle: Handle) -> bool {
         self.tally(f, false);
-        f.status == Status::Pending && self.map(f.stale).remove(&(f.created_at, handle))
+        if !f.unresolved() {
+            return false;
+        }
+        let age = (f.created_at, handle);
+        if f.until != 0 && self.held.remove(&(f.until, f.created_at, handle, f.stale)) {
+            self.held_age.remove(&age);
+            return true;
+        }
+        self.ready(f.stale).remove(&age)
+    }
+
+    /// Makes ready every held record whose deadline is at or before `now`.
+    fn release_holds(&mut self, now: i64) {
+        while let Some(&(until, created_at, handle, stale)) = self.held.first() {
+            if until > now {
+                break;
+            }
+            self.held.pop_first();
+            self.held_age.remove(&(created_at, handle));
+            self.ready(stale).insert((created_at, handle));
+        }
     }
 }
 
@@ -114,12 +166,49 @@ fn live(slots: &mut [Slot], m: Member) -> Option<&mut Slot> {
     slots.get_mut(m.slot as usize).filter(|s| s.gen == m.gen)
 }
 
-/// Pending records admitted while an RDB file loads, listed in bulk once it
-/// has: a million inserts at random places in a B-tree cost more than the
+/// Merges sorted iterators of ages, oldest first.
+fn merged<'a, const N: usize>(
+    mut lists: [std::iter::Peekable<std::collections::btree_set::Range<'a, Age>>; N],
+) -> impl Iterator<Item = Age> + 'a {
+    std::iter::from_fn(move || {
+        let mut best: Option<(usize, Age)> = None;
+        for (i, list) in lists.iter_mut().enumerate() {
+            if let Some(&&age) = list.peek() {
+                if best.is_none_or(|(_, b)| age < b) {
+                    best = Some((i, age));
+                }
+            }
+        }
+        let (i, age) = best?;
+        lists.get_mut(i).and_then(Iterator::next);
+        Some(age)
+    })
+}
+
+/// The ages of `set` in `(after, upper]`. Empty when `after` is already past
+/// `upper`: two lists walked with one `after` have different upper bounds,
+/// and a B-tree range whose start is past its end panics (which would kill
+/// Redis).
+fn span(
+    set: &BTreeSet<Age>,
+    after: Option<Age>,
+    upper: i64,
+) -> std::iter::Peekable<std::collections::btree_set::Range<'_, Age>> {
+    let upper_age = (upper, Handle::MAX);
+    let lower = match after {
+        Some(pos) if pos >= upper_age => return set.range(..(i64::MIN, 0)).peekable(),
+        Some(pos) => Bound::Excluded(pos),
+        None => Bound::Unbounded,
+    };
+    set.range((lower, Bound::Included(upper_age))).peekable()
+}
+
+/// Unresolved records admitted while an RDB file loads, listed in bulk once
+/// it has: a million inserts at random places in a B-tree cost more than the
 /// whole rest of the load, while one sort and a bulk build cost little.
 #[derive(Default)]
 struct Bulk {
-    /// Per (slot, stale): the places still to list, in load order.
+    /// Per (slot, stale): the ready places still to list, in load order.
     entries: BTreeMap<(u32, bool), Vec<Age>>,
 }
 
@@ -137,6 +226,7 @@ pub struct Counts {
     pub pending: u64,
     pub succeeded: u64,
     pub failed: u64,
+    pub unknown: u64,
     pub stale: u64,
 }
 
@@ -145,6 +235,7 @@ impl Counts {
         self.pending += o.pending;
         self.succeeded += o.succeeded;
         self.failed += o.failed;
+        self.unknown += o.unknown;
         self.stale += o.stale;
     }
 }
@@ -158,7 +249,7 @@ impl Index {
         }
     }
 
-    /// An RDB load begins: list the pending records it brings in bulk, at
+    /// An RDB load begins: list the unresolved records it brings in bulk, at
     /// [`Index::settle`].
     pub fn begin_bulk(&mut self) {
         if self.bulk.is_none() {
@@ -178,7 +269,7 @@ impl Index {
             // From sorted input, the set is built bottom-up with full nodes.
             let mut built: BTreeSet<Age> = ages.into_iter().collect();
             if let Some(s) = self.slots.get_mut(slot as usize) {
-                s.map(stale).append(&mut built);
+                s.ready(stale).append(&mut built);
             }
         }
     }
@@ -194,12 +285,12 @@ impl Index {
         slot
     }
 
-    /// A record enters database `db` under `key` (created, loaded or copied).
+    /// A record enters database `db` (created, loaded or copied).
     pub fn admit(&mut self, db: i32, handle: Handle, f: Facts) -> Member {
         let slot = self.slot_of(db);
         let s = &mut self.slots[slot];
         match &mut self.bulk {
-            Some(bulk) if f.status == Status::Pending => {
+            Some(bulk) if f.unresolved() && f.until == 0 => {
                 s.tally(f, true);
                 bulk.entries
                     .entry((slot as u32, f.stale))
@@ -215,13 +306,13 @@ impl Index {
     }
 
     /// A record is gone (deleted, expired, evicted, overwritten, freed).
-    /// Returns whether it was listed as pending.
+    /// Returns whether it was listed as unresolved.
     pub fn release(&mut self, m: Member, f: Facts, handle: Handle) -> bool {
         let Some(s) = live(&mut self.slots, m) else {
             return false;
         };
         let mut listed = s.leave(f, handle);
-        let deferred = !listed && f.status == Status::Pending;
+        let deferred = !listed && f.unresolved() && f.until == 0;
         if let (true, Some(bulk)) = (deferred, &mut self.bulk) {
             // Not listed yet: it is among the deferred, most likely the last
             // one (Redis drops an expired key right after loading it).
@@ -236,7 +327,7 @@ impl Index {
         listed
     }
 
-    /// A record's status or stale flag changed in place.
+    /// A record's status, stale flag or hold changed in place.
     pub fn change(&mut self, m: Member, old: Facts, new: Facts, handle: Handle) {
         self.settle();
         if let Some(s) = live(&mut self.slots, m) {
@@ -288,54 +379,67 @@ impl Index {
         }
     }
 
-    /// Pending records of `db` created at or before `cutoff`, oldest first,
-    /// strictly after position `after`, at most `limit` of them, leaving out
-    /// those `skip` says to (CLAIM: the ones under a live lease).
-    pub fn pending_page(
+    /// Unresolved records of `db` created at or before `cutoff`, held or
+    /// not, oldest first, strictly after position `after`, at most `limit`
+    /// of them (PAY.STUCK).
+    pub fn unresolved_page(
         &mut self,
         db: i32,
         cutoff: i64,
         after: Option<Age>,
         limit: usize,
-        mut skip: impl FnMut(Handle) -> bool,
     ) -> Vec<Pending> {
         self.settle();
         let slot = self.slot_of(db);
         let s = &self.slots[slot];
-        let lower = match after {
-            Some(pos) => Bound::Excluded(pos),
-            None => Bound::Unbounded,
-        };
-        let upper = Bound::Included((cutoff, Handle::MAX));
-        let mut fresh = s.fresh.range((lower, upper)).peekable();
-        let mut stale = s.stale.range((lower, upper)).peekable();
-        let mut out = Vec::with_capacity(limit.min(1024));
-        while out.len() < limit {
-            let next = match (fresh.peek(), stale.peek()) {
-                (Some(a), Some(b)) if a <= b => fresh.next(),
-                (Some(_), Some(_)) => stale.next(),
-                (Some(_), None) => fresh.next(),
-                (None, Some(_)) => stale.next(),
-                (None, None) => None,
-            };
-            let Some(&(created_at, handle)) = next else {
-                break;
-            };
-            if skip(handle) {
-                continue;
-            }
-            out.push(Pending { created_at, handle });
-        }
-        out
+        merged([
+            span(&s.fresh, after, cutoff),
+            span(&s.stale, after, cutoff),
+            span(&s.held_age, after, cutoff),
+        ])
+        .take(limit)
+        .map(|(created_at, handle)| Pending { created_at, handle })
+        .collect()
     }
 
-    /// Pending records not yet flagged stale and created at or before
-    /// `cutoff`, over every database starting with `first_db` (and wrapping
-    /// round, so a backlog in one database cannot starve the others), oldest
-    /// first within each: the sweep's next batch, as (database, record).
+    /// Records of `db` a claim may take at `now`: not held, and flagged stale
+    /// and created at or before `stale_cutoff`, or created at or before
+    /// `fresh_cutoff`; oldest first, strictly after `after`, at most `limit`
+    /// of them. Holds that ran out by `now` are released first.
+    pub fn claim_page(
+        &mut self,
+        db: i32,
+        now: i64,
+        stale_cutoff: i64,
+        fresh_cutoff: i64,
+        after: Option<Age>,
+        limit: usize,
+    ) -> Vec<Pending> {
+        self.settle();
+        let slot = self.slot_of(db);
+        let s = &mut self.slots[slot];
+        s.release_holds(now);
+        merged([
+            span(&s.stale, after, stale_cutoff),
+            span(&s.fresh, after, fresh_cutoff),
+        ])
+        .take(limit)
+        .map(|(created_at, handle)| Pending { created_at, handle })
+        .collect()
+    }
+
+    /// Ready records not yet flagged stale and created at or before
+    /// `cutoff` or after `future` (a creation time that far ahead of this
+    /// server's clock cannot be aged: it is due now), over every database
+    /// starting with `first_db` (and wrapping round, so a backlog in one
+    /// database cannot starve the others), oldest first within each: the
+    /// sweep's next batch, as (database, record). Holds that ran out by
+    /// `now` are released first.
     pub fn stale_candidates(
         &mut self,
+        now: i64,
         cutoff: i64,
+        future: i64,
         limit: usize,
         first_db: i32,
     ) -> Vec<(i32, Pending)> {
@@ -344,8 +448,15 @@ impl Index {
         let from_first = self.db_slot.range(first_db..);
         let wrapped = self.db_slot.range(..first_db);
         for (&db, &slot) in from_first.chain(wrapped) {
-            let fresh = &self.slots[slot as usize].fresh;
-            for &(created_at, handle) in fresh.range(..=(cutoff, Handle::MAX)) {
+            let Some(s) = self.slots.get_mut(slot as usize) else {
+                continue;
+            };
+            s.release_holds(now);
+            let due = s.fresh.range(..=(cutoff, Handle::MAX));
+            let ahead = s
+                .fresh
+                .range((Bound::Excluded((future, Handle::MAX)), Bound::Unbounded));
+            for &(created_at, handle) in due.chain(ahead) {
                 if out.len() >= limit {
                     return out;
                 }
@@ -356,7 +467,7 @@ impl Index {
     }
 
     /// Whether `p`, listed from database `db`, is still in the index: while
-    /// it is, its record is alive and pending.
+    /// it is, its record is alive and unresolved.
     pub fn holds(&mut self, db: i32, p: &Pending) -> bool {
         self.settle();
         let Some(&slot) = self.db_slot.get(&db) else {
@@ -366,9 +477,10 @@ impl Index {
             return false;
         };
         let age = p.position();
-        s.fresh.contains(&age) || s.stale.contains(&age)
+        s.fresh.contains(&age) || s.stale.contains(&age) || s.held_age.contains(&age)
     }
 
+    #[cfg(test)]
     pub fn counts(&mut self, db: i32) -> Counts {
         let slot = self.slot_of(db);
         slot_counts(&self.slots[slot])
@@ -389,6 +501,7 @@ fn slot_counts(s: &Slot) -> Counts {
         pending: s.counts[Status::Pending as usize],
         succeeded: s.counts[Status::Succeeded as usize],
         failed: s.counts[Status::Failed as usize],
+        unknown: s.counts[Status::Unknown as usize],
         stale: s.counts[STALE],
     }
 }
@@ -402,6 +515,7 @@ mod tests {
             created_at,
             status: Status::Pending,
             stale: false,
+            until: 0,
         }
     }
 
@@ -418,7 +532,7 @@ mod tests {
     }
 
     fn keys(ix: &mut Index, db: i32) -> Vec<String> {
-        ix.pending_page(db, i64::MAX, None, usize::MAX, |_| false)
+        ix.unresolved_page(db, i64::MAX, None, usize::MAX)
             .into_iter()
             .map(|p| name(p.handle))
             .collect()
@@ -432,12 +546,12 @@ mod tests {
         ix.admit(0, h(b"b"), pending(20));
         ix.admit(0, h(b"b2"), pending(20));
         assert_eq!(keys(&mut ix, 0), ["a", "b", "b2", "c"]);
-        let page = ix.pending_page(0, 20, None, 2, |_| false);
+        let page = ix.unresolved_page(0, 20, None, 2);
         assert_eq!(page.len(), 2);
-        let rest = ix.pending_page(0, 20, Some(page[1].position()), 10, |_| false);
+        let rest = ix.unresolved_page(0, 20, Some(page[1].position()), 10);
         assert_eq!(rest.len(), 1);
         assert_eq!(name(rest[0].handle), "b2");
-        assert!(ix.pending_page(0, 9, None, 10, |_| false).is_empty());
+        assert!(ix.unresolved_page(0, 9, None, 10).is_empty());
         assert!(keys(&mut ix, 1).is_empty());
     }
 
@@ -545,27 +659,141 @@ mod tests {
         assert_eq!(ix.totals().pending, 1);
     }
 
+    fn held(created_at: i64, until: i64) -> Facts {
+        Facts {
+            until,
+            ..pending(created_at)
+        }
+    }
+
+    fn claimable(ix: &mut Index, now: i64, limit: usize) -> Vec<String> {
+        ix.claim_page(0, now, i64::MAX, i64::MAX, None, limit)
+            .into_iter()
+            .map(|p| name(p.handle))
+            .collect()
+    }
+
     #[test]
-    fn claim_pages_skip_live_leases() {
+    fn claims_skip_held_records_and_take_them_back_when_the_hold_ends() {
         let mut ix = Index::new();
-        ix.admit(0, h(b"leased"), pending(1));
+        let m = ix.admit(0, h(b"leased"), pending(1));
         ix.admit(0, h(b"free"), pending(2));
-        let page = ix.pending_page(0, i64::MAX, None, 10, |h| name(h) == "leased");
-        let listed: Vec<String> = page.iter().map(|p| name(p.handle)).collect();
-        assert_eq!(listed, ["free"]);
+        ix.change(m, pending(1), held(1, 100), h(b"leased"));
+        assert_eq!(claimable(&mut ix, 50, 10), ["free"]);
         assert_eq!(
-            ix.pending_page(0, i64::MAX, None, 1, |h| name(h) == "leased")
-                .len(),
-            1,
-            "skipped entries do not count against the limit"
+            claimable(&mut ix, 50, 1),
+            ["free"],
+            "held ones cost nothing"
         );
+        // Listings still show a held record, in age order.
+        assert_eq!(keys(&mut ix, 0), ["leased", "free"]);
+        assert_eq!(claimable(&mut ix, 100, 10), ["leased", "free"]);
+        // A released hold keeps its facts; changing it again finds it.
+        ix.change(m, held(1, 100), held(1, 200), h(b"leased"));
+        assert_eq!(claimable(&mut ix, 150, 10), ["free"]);
+        assert!(ix.release(m, held(1, 200), h(b"leased")));
+        assert_eq!(keys(&mut ix, 0), ["free"]);
+        assert_eq!(ix.counts(0).pending, 1);
+    }
+
+    #[test]
+    fn a_claim_walks_only_ready_records_however_many_are_held() {
+        let mut ix = Index::new();
+        for i in 0..10_000 {
+            ix.admit(0, i + 1, held(i as i64, 1_000_000 + i as i64));
+        }
+        ix.admit(0, h(b"last"), pending(20_000));
+        // The one ready record comes back at once: the held ones sit in
+        // another set, ordered by deadline.
+        assert_eq!(claimable(&mut ix, 10, 1), ["last"]);
+        assert_eq!(
+            ix.unresolved_page(0, i64::MAX, None, usize::MAX).len(),
+            10_001
+        );
+        assert_eq!(
+            ix.claim_page(0, 1_000_004, i64::MAX, i64::MAX, None, 100)
+                .len(),
+            6
+        );
+    }
+
+    #[test]
+    fn claim_cutoffs_apply_to_fresh_and_stale_records() {
+        let mut ix = Index::new();
+        ix.admit(0, h(b"old"), pending(1));
+        ix.admit(0, h(b"young"), pending(50));
+        ix.admit(
+            0,
+            h(b"flagged"),
+            Facts {
+                stale: true,
+                ..pending(60)
+            },
+        );
+        let take = |ix: &mut Index, stale_cutoff, fresh_cutoff| -> Vec<String> {
+            ix.claim_page(0, 0, stale_cutoff, fresh_cutoff, None, 10)
+                .into_iter()
+                .map(|p| name(p.handle))
+                .collect()
+        };
+        assert_eq!(take(&mut ix, i64::MAX, 10), ["old", "flagged"]);
+        assert_eq!(take(&mut ix, 10, 10), ["old"]);
+        assert_eq!(
+            take(&mut ix, i64::MAX, i64::MAX),
+            ["old", "young", "flagged"]
+        );
+    }
+
+    #[test]
+    fn a_page_after_a_young_stale_record_is_empty_not_a_panic() {
+        // A record flagged stale, then `pay.stale-after-ms` raised: it is
+        // younger than the fresh cutoff, and the next page starts past it.
+        let mut ix = Index::new();
+        ix.admit(0, h(b"old"), pending(1));
+        ix.admit(
+            0,
+            h(b"young"),
+            Facts {
+                stale: true,
+                ..pending(500)
+            },
+        );
+        let page = ix.claim_page(0, 1000, i64::MAX, 10, None, 10);
+        assert_eq!(page.len(), 2);
+        let next = ix.claim_page(0, 1000, i64::MAX, 10, Some(page[1].position()), 10);
+        assert!(next.is_empty());
+        let listed = ix.unresolved_page(0, 10, Some((20, 0)), 10);
+        assert!(listed.is_empty());
+    }
+
+    #[test]
+    fn unknown_records_are_listed_and_counted_apart() {
+        let mut ix = Index::new();
+        let m = ix.admit(0, h(b"u"), pending(1));
+        let unknown = Facts {
+            status: Status::Unknown,
+            stale: true,
+            ..pending(1)
+        };
+        ix.change(m, pending(1), unknown, h(b"u"));
+        assert_eq!(keys(&mut ix, 0), ["u"]);
+        assert_eq!(
+            ix.counts(0),
+            Counts {
+                unknown: 1,
+                stale: 1,
+                ..Counts::default()
+            }
+        );
+        assert!(ix.release(m, unknown, h(b"u")));
+        assert_eq!(ix.totals(), Counts::default());
     }
 
     #[test]
     fn holds_only_what_is_still_listed() {
         let mut ix = Index::new();
         let m = ix.admit(4, h(b"k"), pending(1));
-        let listed = ix.pending_page(4, i64::MAX, None, 10, |_| false)[0];
+        let listed = ix.unresolved_page(4, i64::MAX, None, 10)[0];
         assert!(ix.holds(4, &listed));
         assert!(!ix.holds(5, &listed));
         let flagged = Facts {
@@ -625,15 +853,14 @@ mod tests {
             "every fifth flagged, every 55th expired"
         );
         for db in 0..3 {
-            let list = |ix: &mut Index| ix.pending_page(db, i64::MAX, None, usize::MAX, |_| false);
+            let list = |ix: &mut Index| ix.unresolved_page(db, i64::MAX, None, usize::MAX);
             assert_eq!(list(&mut a), list(&mut b));
             assert_eq!(ix_len(&mut b, db), b.counts(db).pending as usize);
         }
     }
 
     fn ix_len(ix: &mut Index, db: i32) -> usize {
-        ix.pending_page(db, i64::MAX, None, usize::MAX, |_| false)
-            .len()
+        ix.unresolved_page(db, i64::MAX, None, usize::MAX).len()
     }
 
     #[test]
@@ -679,18 +906,34 @@ mod tests {
         );
         ix.admit(2, h(b"young"), pending(50));
         let got: Vec<(i32, String)> = ix
-            .stale_candidates(10, 10, 0)
+            .stale_candidates(0, 10, i64::MAX, 10, 0)
             .into_iter()
             .map(|(db, p)| (db, name(p.handle)))
             .collect();
         assert_eq!(got, [(0, "a".to_string()), (2, "b".to_string())]);
-        assert_eq!(ix.stale_candidates(10, 1, 0).len(), 1);
+        assert_eq!(ix.stale_candidates(0, 10, i64::MAX, 1, 0).len(), 1);
         // Starting elsewhere wraps round.
         let first: Vec<i32> = ix
-            .stale_candidates(10, 10, 1)
+            .stale_candidates(0, 10, i64::MAX, 10, 1)
             .iter()
             .map(|(db, _)| *db)
             .collect();
         assert_eq!(first, [2, 0]);
+        // A record dated far ahead of the clock is due at once.
+        ix.admit(3, h(b"ahead"), pending(1_000));
+        let got: Vec<String> = ix
+            .stale_candidates(0, 10, 500, 10, 3)
+            .into_iter()
+            .map(|(_, p)| name(p.handle))
+            .collect();
+        assert_eq!(got, ["ahead", "a", "b"]);
+    }
+
+    #[test]
+    fn the_sweep_sees_records_whose_hold_ended() {
+        let mut ix = Index::new();
+        ix.admit(0, h(b"h"), held(1, 100));
+        assert!(ix.stale_candidates(50, 10, i64::MAX, 10, 0).is_empty());
+        assert_eq!(ix.stale_candidates(100, 10, i64::MAX, 10, 0).len(), 1);
     }
 }

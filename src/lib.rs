@@ -5,6 +5,7 @@
 //! concern; the pure core (`args`, `codec`, `index`, `record`) knows nothing
 //! of Redis.
 
+mod acl;
 pub mod args;
 pub mod codec;
 mod commands;
@@ -20,7 +21,9 @@ mod sweep;
 
 use std::ffi::c_int;
 
-use redis_module::configuration::{register_i64_configuration, ConfigurationFlags};
+use redis_module::configuration::{
+    register_i64_configuration, register_string_configuration, ConfigurationFlags,
+};
 use redis_module::{
     raw, redis_module, AclCategory, Context, InfoContext, NotifyEvent, RedisResult, RedisString,
     Status,
@@ -49,14 +52,19 @@ fn pay_check(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     commands::check(ctx, args)
 }
 
-/// PAY.UPDATE key status [REASON text] [REF provider_ref]
+/// PAY.UPDATE key status [REASON text] [REF provider_ref] [RETRY ms] [FENCE n]
 fn pay_update(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     commands::update(ctx, args)
 }
 
-/// PAY.STUCK [OLDER ms] [COUNT n] [CLAIM consumer LEASE ms]
+/// PAY.STUCK [OLDER ms] [COUNT n]
 fn pay_stuck(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     commands::stuck(ctx, args)
+}
+
+/// PAY.CLAIM consumer LEASE ms [OLDER ms] [COUNT n]
+fn pay_claim(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    commands::claim(ctx, args)
 }
 
 /// PAY.LOAD key blob [PXAT unix-ms] (internal: replication and AOF).
@@ -121,7 +129,16 @@ fn setup(ctx: &Context, args: &[RedisString]) -> Result<(), String> {
     register_load(ctx)?;
     let args: Vec<&[u8]> = args.iter().map(RedisString::as_slice).collect();
     let start = config::start_values(&args)?;
-    for (t, value) in config::TUNABLES.iter().zip(start) {
+    *config::key_prefix() = start.key_prefix.clone();
+    register_string_configuration(
+        ctx,
+        config::KEY_PREFIX_NAME,
+        &config::KEY_PREFIX,
+        &start.key_prefix,
+        ConfigurationFlags::IMMUTABLE,
+        None,
+    );
+    for (t, value) in config::TUNABLES.iter().zip(start.ints) {
         register_i64_configuration(
             ctx,
             t.name,
@@ -145,13 +162,22 @@ fn setup(ctx: &Context, args: &[RedisString]) -> Result<(), String> {
     Ok(())
 }
 
-/// INFO pay: records by status (every database), then the counters.
+/// INFO pay: records by status (every database), the settings a sidecar
+/// reads, then the counters.
 #[info_command_handler]
-fn info(ctx: &InfoContext, _for_crash_report: bool) -> RedisResult<()> {
+fn info(ctx: &InfoContext, for_crash_report: bool) -> RedisResult<()> {
+    // A crash report must never wait for the lock; otherwise wait: the
+    // lazy-free thread holds it only for one record at a time.
+    let totals = if for_crash_report {
+        store::try_index().map(|ix| ix.totals())
+    } else {
+        Some(store::index().totals())
+    };
     let mut section = ctx.builder().add_section("records");
-    if let Some(t) = store::try_index().map(|ix| ix.totals()) {
+    if let Some(t) = totals {
         for (name, n) in [
             ("records_pending", t.pending),
+            ("records_unknown", t.unknown),
             ("records_succeeded", t.succeeded),
             ("records_failed", t.failed),
             ("records_stale", t.stale),
@@ -159,6 +185,11 @@ fn info(ctx: &InfoContext, _for_crash_report: bool) -> RedisResult<()> {
             section = section.field(name, n.to_string())?;
         }
     }
+    let section = section
+        .build_section()?
+        .add_section("settings")
+        .field("stale_after_ms", config::STALE_AFTER_MS.get().to_string())?
+        .field("alert_after_ms", config::ALERT_AFTER_MS.get().to_string())?;
     let mut section = section.build_section()?.add_section("stats");
     for (name, counter) in stats::COUNTERS {
         section = section.field(name, counter.get().to_string())?;
@@ -181,7 +212,8 @@ redis_module! {
         ["PAY.CACHE", pay_cache, "write deny-oom fast", 1, 1, 1, "", "pay"],
         ["PAY.CHECK", pay_check, "readonly fast", 1, 1, 1, "", "pay"],
         ["PAY.UPDATE", pay_update, "write fast", 1, 1, 1, "", "pay"],
-        ["PAY.STUCK", pay_stuck, "write", 0, 0, 0, "", "pay"],
+        ["PAY.STUCK", pay_stuck, "readonly", 0, 0, 0, "", "pay"],
+        ["PAY.CLAIM", pay_claim, "write deny-oom", 0, 0, 0, "", "pay"],
     ],
     event_handlers: [
         [@GENERIC: on_keyspace_event],

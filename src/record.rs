@@ -6,22 +6,32 @@ use serde::Serialize;
 
 use crate::error::PayError;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Status {
+    #[default]
     Pending = 0,
     Succeeded = 1,
     Failed = 2,
+    /// The provider's outcome is not known for certain and the retries ran
+    /// out: kept, never expired, until the provider or a human answers.
+    Unknown = 3,
 }
 
 impl Status {
-    pub const ALL: [Status; 3] = [Status::Pending, Status::Succeeded, Status::Failed];
+    pub const ALL: [Status; 4] = [
+        Status::Pending,
+        Status::Succeeded,
+        Status::Failed,
+        Status::Unknown,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Pending => "pending",
             Status::Succeeded => "succeeded",
             Status::Failed => "failed",
+            Status::Unknown => "unknown",
         }
     }
 
@@ -36,12 +46,13 @@ impl Status {
         Status::ALL.into_iter().find(|st| *st as u8 == code)
     }
 
+    /// Succeeded and failed never change again.
     pub fn is_terminal(self) -> bool {
-        self != Status::Pending
+        matches!(self, Status::Succeeded | Status::Failed)
     }
 }
 
-/// A retry worker's claim on a pending payment.
+/// A retry worker's claim on an unresolved payment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lease<'a> {
     pub owner: &'a str,
@@ -49,32 +60,38 @@ pub struct Lease<'a> {
     pub until: i64,
 }
 
-/// The variable-length fields of a record, and the lease deadline that is
+/// The variable-length fields of a record, and the hold and TTL that are
 /// stored with them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Text<'a> {
-    /// The transaction id: the key the record lives under.
+    /// The key the record lives under.
     pub key: &'a [u8],
     pub user_id: &'a str,
     pub reason: &'a str,
     pub provider_ref: &'a str,
-    /// The lease holder; empty when no lease is held.
+    /// The last worker that claimed it; empty if none did (or it resolved).
     pub lease_owner: &'a str,
-    /// When the lease runs out (Unix ms); 0, and not stored, without an owner.
+    /// Not claimable before this Unix ms (a claim's lease or a RETRY's
+    /// back-off); 0, and not stored, when no hold was set.
     pub lease_until: i64,
+    /// Seconds the record lives once resolved (chosen at creation).
+    pub ttl_secs: u32,
 }
 
 /// One payment, in 56 bytes plus one allocation for its text: a million
 /// pending payments must cost less memory than a string per key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
-    /// user_id, reason, provider_ref, lease owner (then, while a lease is
-    /// held, its deadline: 8 bytes little-endian) and key, end to end.
+    /// TTL (4 bytes little-endian), the hold deadline when set (8 bytes
+    /// little-endian), then user_id, reason, provider_ref, lease owner and
+    /// key, end to end.
     text: Box<[u8]>,
     user_id_len: u8,
     reason_len: u16,
     ref_len: u8,
     owner_len: u8,
+    /// Whether `text` carries a hold deadline.
+    held: bool,
     pub status: Status,
     pub stale: bool,
     /// ISO 4217 letters, upper-case.
@@ -93,32 +110,34 @@ struct Packed {
     /// user_id, provider_ref and lease owner.
     short_lens: [u8; 3],
     reason_len: u16,
+    held: bool,
 }
 
 impl Packed {
-    /// `t.lease_until` is kept only when `t` names a lease owner.
     fn new(t: Text<'_>) -> Packed {
         let user_id = fit(t.user_id, u8::MAX.into());
         let reason = fit(t.reason, u16::MAX.into());
         let provider_ref = fit(t.provider_ref, u8::MAX.into());
         let owner = fit(t.lease_owner, u8::MAX.into());
-        let until = if owner.is_empty() {
-            &[][..]
-        } else {
+        let held = t.lease_until != 0;
+        let until = if held {
             &t.lease_until.to_le_bytes()[..]
+        } else {
+            &[][..]
         };
         let mut text = Vec::with_capacity(
-            user_id.len()
+            4 + until.len()
+                + user_id.len()
                 + reason.len()
                 + provider_ref.len()
                 + owner.len()
-                + until.len()
                 + t.key.len(),
         );
+        text.extend_from_slice(&t.ttl_secs.to_le_bytes());
+        text.extend_from_slice(until);
         for part in [user_id, reason, provider_ref, owner] {
             text.extend_from_slice(part.as_bytes());
         }
-        text.extend_from_slice(until);
         text.extend_from_slice(t.key);
         // Each length was fitted to its field's width just above.
         let short = |s: &str| u8::try_from(s.len()).unwrap_or(u8::MAX);
@@ -126,6 +145,7 @@ impl Packed {
             text: text.into_boxed_slice(),
             short_lens: [short(user_id), short(provider_ref), short(owner)],
             reason_len: u16::try_from(reason.len()).unwrap_or(u16::MAX),
+            held,
         }
     }
 }
@@ -150,27 +170,42 @@ fn fit(s: &str, max: usize) -> &str {
 }
 
 /// What PAY.UPDATE asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Update<'a> {
     pub status: Status,
     pub reason: Option<&'a str>,
     pub provider_ref: Option<&'a str>,
+    /// Not claimable for this many ms (pending or unknown only).
+    pub retry_ms: Option<i64>,
+    /// Applies only if `attempts` is still this.
+    pub fence: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Applied {
     /// The record changed and must be written, replicated and announced.
     Changed,
+    /// The record reached succeeded or failed just now: as Changed, and its
+    /// key now gets the record's TTL.
+    Resolved,
     /// The same terminal status again: an idempotent no-op.
     Unchanged,
 }
 
 impl Record {
-    /// A new pending record.
-    pub fn new(key: &[u8], user_id: &str, amount: i64, currency: [u8; 3], now: i64) -> Record {
+    /// A new pending record that lives `ttl_secs` once resolved.
+    pub fn new(
+        key: &[u8],
+        user_id: &str,
+        amount: i64,
+        currency: [u8; 3],
+        now: i64,
+        ttl_secs: u32,
+    ) -> Record {
         let text = Text {
             key,
             user_id,
+            ttl_secs,
             ..Text::default()
         };
         Record::with_text(text, amount, currency, now)
@@ -184,6 +219,7 @@ impl Record {
             reason_len: 0,
             ref_len: 0,
             owner_len: 0,
+            held: false,
             amount,
             currency,
             status: Status::Pending,
@@ -196,20 +232,25 @@ impl Record {
         r
     }
 
-    /// The variable-length fields, borrowed, and the lease deadline.
+    /// The variable-length fields, borrowed, the hold and the TTL.
     pub fn text(&self) -> Text<'_> {
         let mut rest = &self.text[..];
-        let user_id = cut(&mut rest, usize::from(self.user_id_len));
-        let reason = cut(&mut rest, usize::from(self.reason_len));
-        let provider_ref = cut(&mut rest, usize::from(self.ref_len));
-        let lease_owner = cut(&mut rest, usize::from(self.owner_len));
+        let mut ttl_secs = 0;
+        if let Some((bytes, tail)) = rest.split_first_chunk::<4>() {
+            ttl_secs = u32::from_le_bytes(*bytes);
+            rest = tail;
+        }
         let mut lease_until = 0;
-        if !lease_owner.is_empty() {
+        if self.held {
             if let Some((bytes, tail)) = rest.split_first_chunk::<8>() {
                 lease_until = i64::from_le_bytes(*bytes);
                 rest = tail;
             }
         }
+        let user_id = cut(&mut rest, usize::from(self.user_id_len));
+        let reason = cut(&mut rest, usize::from(self.reason_len));
+        let provider_ref = cut(&mut rest, usize::from(self.ref_len));
+        let lease_owner = cut(&mut rest, usize::from(self.owner_len));
         Text {
             key: rest,
             user_id,
@@ -217,6 +258,7 @@ impl Record {
             provider_ref,
             lease_owner,
             lease_until,
+            ttl_secs,
         }
     }
 
@@ -224,9 +266,15 @@ impl Record {
         self.text = p.text;
         [self.user_id_len, self.ref_len, self.owner_len] = p.short_lens;
         self.reason_len = p.reason_len;
+        self.held = p.held;
     }
 
-    /// The transaction id (the key).
+    /// The packing of `text`, if it differs from the record's.
+    fn repacked(&self, text: Text<'_>) -> Option<Packed> {
+        (text != self.text()).then(|| Packed::new(text))
+    }
+
+    /// The key the record lives under.
     pub fn key(&self) -> &[u8] {
         self.text().key
     }
@@ -242,6 +290,16 @@ impl Record {
         self.text().user_id
     }
 
+    /// Seconds the record lives once resolved.
+    pub fn ttl_secs(&self) -> u32 {
+        self.text().ttl_secs
+    }
+
+    /// Not claimable before this Unix ms; 0 if no hold was ever set.
+    pub fn held_until(&self) -> i64 {
+        self.text().lease_until
+    }
+
     /// The lease, if one was granted (live or run out).
     pub fn lease(&self) -> Option<Lease<'_>> {
         let t = self.text();
@@ -251,7 +309,7 @@ impl Record {
         })
     }
 
-    /// Grants (`Some`) or drops (`None`) the lease. An owner is never empty.
+    /// Grants (`Some`) or drops (`None`) the lease and its hold.
     pub fn set_lease(&mut self, lease: Option<Lease<'_>>) {
         let (owner, until) = lease.map_or(("", 0), |l| (l.owner, l.until));
         let text = Text {
@@ -259,7 +317,9 @@ impl Record {
             lease_until: until,
             ..self.text()
         };
-        self.install(Packed::new(text));
+        if let Some(p) = self.repacked(text) {
+            self.install(p);
+        }
     }
 
     pub fn currency_str(&self) -> &str {
@@ -294,50 +354,81 @@ impl Record {
         }
     }
 
-    /// The state machine: `pending -> pending` (a transient error), `pending ->
-    /// succeeded|failed`, and the same terminal status again as a no-op.
+    /// The state machine of contract v2:
+    ///
+    /// - `pending -> pending | unknown | succeeded | failed`;
+    /// - `unknown -> unknown | pending | succeeded | failed`;
+    /// - `succeeded` and `failed` are final: the same one again is a no-op,
+    ///   any other is refused.
+    ///
+    /// A `FENCE` that no longer matches `attempts` refuses any change. `RETRY`
+    /// holds an unresolved record back from claims; resolving drops the
+    /// lease, the hold and the stale flag.
     pub fn apply(&mut self, update: &Update<'_>, now: i64) -> Result<Applied, PayError> {
-        match (self.status, update.status) {
-            (from, to) if from.is_terminal() && from == to => Ok(Applied::Unchanged),
-            (from, to) if from.is_terminal() => Err(PayError::Transition { from, to }),
-            (_, to) => {
-                self.status = to;
-                let resolved = to.is_terminal();
-                let old = self.text();
-                let text = Text {
-                    reason: update.reason.unwrap_or(old.reason),
-                    provider_ref: update.provider_ref.unwrap_or(old.provider_ref),
-                    // Resolved: no worker holds it any more.
-                    lease_owner: if resolved { "" } else { old.lease_owner },
-                    lease_until: if resolved { 0 } else { old.lease_until },
-                    ..old
-                };
-                if text != old {
-                    self.install(Packed::new(text));
-                }
-                if resolved {
-                    // No retry is due.
-                    self.stale = false;
-                }
-                self.updated_at = self.updated_at.max(now);
-                Ok(Applied::Changed)
+        if let Some(fence) = update.fence {
+            if fence != self.attempts {
+                return Err(PayError::Fenced {
+                    expected: fence,
+                    attempts: self.attempts,
+                });
             }
         }
+        let (from, to) = (self.status, update.status);
+        if from.is_terminal() {
+            return if from == to {
+                Ok(Applied::Unchanged)
+            } else {
+                Err(PayError::Transition { from, to })
+            };
+        }
+        let old = self.text();
+        let resolved = to.is_terminal();
+        let lease_until = match update.retry_ms {
+            _ if resolved => 0,
+            // A hold of 0 would read as "none": 1 ms in the past is the same
+            // "claimable now".
+            Some(ms) => now.saturating_add(ms).max(1),
+            None => old.lease_until,
+        };
+        let text = Text {
+            reason: update.reason.unwrap_or(old.reason),
+            provider_ref: update.provider_ref.unwrap_or(old.provider_ref),
+            // Resolved: no worker holds it any more.
+            lease_owner: if resolved { "" } else { old.lease_owner },
+            lease_until,
+            ..old
+        };
+        if let Some(p) = self.repacked(text) {
+            self.install(p);
+        }
+        self.status = to;
+        if resolved {
+            // No retry is due.
+            self.stale = false;
+        }
+        self.updated_at = self.updated_at.max(now);
+        Ok(if resolved {
+            Applied::Resolved
+        } else {
+            Applied::Changed
+        })
     }
 
     /// Leases the record to `consumer` for `lease_ms` from `now`, counting an
-    /// attempt. The caller has checked that no live lease is held.
+    /// attempt. The caller has checked that no live hold is set.
     pub fn claim(&mut self, consumer: &str, now: i64, lease_ms: i64) {
         self.set_lease(Some(Lease {
             owner: consumer,
-            until: now.saturating_add(lease_ms),
+            until: now.saturating_add(lease_ms).max(1),
         }));
         self.attempts = self.attempts.saturating_add(1);
+        self.updated_at = self.updated_at.max(now);
     }
 
-    /// Whether a live lease (one that has not run out at `now`) is held.
+    /// Whether a live hold (a lease or a RETRY back-off that has not run out
+    /// at `now`) keeps the record from claims.
     pub fn leased_at(&self, now: i64) -> bool {
-        self.lease().is_some_and(|l| l.until > now)
+        self.held_until() > now
     }
 
     /// Heap bytes owned by the record (for MEMORY USAGE).
@@ -345,8 +436,9 @@ impl Record {
         self.text.len()
     }
 
-    /// The JSON shape the payment service already knows, then the other fields.
-    pub fn to_json(&self) -> String {
+    /// The JSON shape the payment service already knows, then the other
+    /// fields. `transaction_id` is the key without `prefix`.
+    pub fn to_json(&self, prefix: &[u8]) -> String {
         #[derive(Serialize)]
         #[serde(untagged)]
         enum UserId<'a> {
@@ -369,14 +461,16 @@ impl Record {
             provider_ref: &'a str,
             lease_owner: &'a str,
             lease_until: i64,
+            key: &'a str,
         }
         let text = self.text();
         let user_id = match decimal_u64(text.user_id) {
             Some(n) => UserId::Number(n),
             None => UserId::Text(text.user_id),
         };
+        let key = String::from_utf8_lossy(text.key);
         let json = Json {
-            transaction_id: &String::from_utf8_lossy(text.key),
+            transaction_id: &String::from_utf8_lossy(transaction_id(text.key, prefix)),
             user_id,
             status: self.status.as_str(),
             amount: self.amount,
@@ -390,10 +484,17 @@ impl Record {
             provider_ref: text.provider_ref,
             lease_owner: text.lease_owner,
             lease_until: text.lease_until,
+            key: &key,
         };
         // Serializing plain strings and integers cannot fail.
         serde_json::to_string(&json).unwrap_or_default()
     }
+}
+
+/// The transaction id of the payment under `key`: the key without the
+/// namespace `prefix`, or the whole key when it does not start with it.
+pub fn transaction_id<'a>(key: &'a [u8], prefix: &[u8]) -> &'a [u8] {
+    key.strip_prefix(prefix).unwrap_or(key)
 }
 
 /// A user id written as a canonical decimal (no sign, no leading zero) that
@@ -425,7 +526,14 @@ mod tests {
     use super::*;
 
     fn pending() -> Record {
-        Record::new(b"txn_12345", "67890", 1000, *b"USD", 1_706_618_700_000)
+        Record::new(
+            b"txn_12345",
+            "67890",
+            1000,
+            *b"USD",
+            1_706_618_700_000,
+            86_400,
+        )
     }
 
     #[test]
@@ -438,7 +546,8 @@ mod tests {
         for st in Status::ALL {
             assert_eq!(Status::from_code(st as u8), Some(st));
         }
-        assert_eq!(Status::from_code(3), None);
+        assert_eq!(Status::parse(b"Unknown"), Some(Status::Unknown));
+        assert_eq!(Status::from_code(4), None);
     }
 
     #[test]
@@ -465,6 +574,7 @@ mod tests {
             status: Status::Pending,
             reason: Some("bank timeout"),
             provider_ref: None,
+            ..Default::default()
         };
         assert_eq!(r.apply(&upd, r.created_at + 10), Ok(Applied::Changed));
         assert_eq!(r.text().reason, "bank timeout");
@@ -487,8 +597,9 @@ mod tests {
             status: Status::Succeeded,
             reason: None,
             provider_ref: Some("ch_1"),
+            ..Default::default()
         };
-        assert_eq!(r.apply(&upd, r.created_at + 1), Ok(Applied::Changed));
+        assert_eq!(r.apply(&upd, r.created_at + 1), Ok(Applied::Resolved));
         assert_eq!(r.status, Status::Succeeded);
         assert_eq!(r.text().provider_ref, "ch_1");
         assert!(r.lease().is_none());
@@ -503,6 +614,7 @@ mod tests {
             status: Status::Succeeded,
             reason: None,
             provider_ref: Some("ch_1"),
+            ..Default::default()
         };
         r.apply(&ok, r.created_at + 1).unwrap();
         let before = r.clone();
@@ -510,6 +622,7 @@ mod tests {
             status: Status::Succeeded,
             reason: Some("ignored"),
             provider_ref: Some("other"),
+            ..Default::default()
         };
         assert_eq!(r.apply(&again, r.created_at + 9), Ok(Applied::Unchanged));
         assert_eq!(r, before);
@@ -520,6 +633,7 @@ mod tests {
                         status: to,
                         reason: None,
                         provider_ref: None,
+                        ..Default::default()
                     },
                     0,
                 )
@@ -538,6 +652,7 @@ mod tests {
             status: Status::Pending,
             reason: None,
             provider_ref: None,
+            ..Default::default()
         };
         r.apply(&upd, r.created_at - 5000).unwrap();
         assert_eq!(r.updated_at, r.created_at);
@@ -556,6 +671,7 @@ mod tests {
             status: Status::Pending,
             reason: Some("timeout é"),
             provider_ref: Some("ch_9"),
+            ..Default::default()
         };
         r.apply(&upd, r.created_at).unwrap();
         let expect = Text {
@@ -565,10 +681,11 @@ mod tests {
             provider_ref: "ch_9",
             lease_owner: "wörker",
             lease_until: 7,
+            ttl_secs: 86_400,
         };
         assert_eq!(r.text(), expect);
         assert_eq!(r.lease().map(|l| l.until), Some(7));
-        assert_eq!(r.heap_size(), 9 + 5 + 10 + 4 + 7 + 8);
+        assert_eq!(r.heap_size(), 4 + 8 + 9 + 5 + 10 + 4 + 7);
         r.set_lease(None);
         assert_eq!(r.lease(), None);
         assert_eq!(r.text().key, b"renamed:\xff");
@@ -589,9 +706,102 @@ mod tests {
     }
 
     #[test]
+    fn every_transition_of_contract_v2() {
+        use Status::*;
+        for from in Status::ALL {
+            for to in Status::ALL {
+                let mut r = pending();
+                r.status = from;
+                let before = r.clone();
+                let got = r.apply(
+                    &Update {
+                        status: to,
+                        ..Default::default()
+                    },
+                    r.created_at + 1,
+                );
+                let expect = match (from, to) {
+                    (Succeeded, Succeeded) | (Failed, Failed) => Ok(Applied::Unchanged),
+                    (Succeeded | Failed, _) => Err(PayError::Transition { from, to }),
+                    (_, Succeeded | Failed) => Ok(Applied::Resolved),
+                    (Pending | Unknown, Pending | Unknown) => Ok(Applied::Changed),
+                };
+                assert_eq!(got, expect, "{from:?} -> {to:?}");
+                if got.is_err() || got == Ok(Applied::Unchanged) {
+                    assert_eq!(r, before, "{from:?} -> {to:?} changed the record");
+                } else {
+                    assert_eq!(r.status, to);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn retry_holds_back_and_fence_refuses_a_stale_worker() {
+        let mut r = pending();
+        let t = r.created_at;
+        r.claim("w1", t, 1000);
+        r.claim("w2", t + 1000, 1000);
+        let late = Update {
+            status: Status::Failed,
+            fence: Some(1),
+            ..Default::default()
+        };
+        let before = r.clone();
+        assert_eq!(
+            r.apply(&late, t + 1500),
+            Err(PayError::Fenced {
+                expected: 1,
+                attempts: 2
+            })
+        );
+        assert_eq!(r, before);
+        let retry = Update {
+            status: Status::Pending,
+            reason: Some("503"),
+            retry_ms: Some(60_000),
+            fence: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(r.apply(&retry, t + 1500), Ok(Applied::Changed));
+        assert_eq!(r.held_until(), t + 61_500);
+        assert!(r.leased_at(t + 61_499) && !r.leased_at(t + 61_500));
+        assert_eq!(r.lease().map(|l| l.owner), Some("w2"), "who tried last");
+        // RETRY 0: claimable at once.
+        let now = Update {
+            status: Status::Unknown,
+            retry_ms: Some(0),
+            ..Default::default()
+        };
+        r.apply(&now, t + 2000).unwrap();
+        assert!(!r.leased_at(t + 2000));
+        assert_eq!(r.status, Status::Unknown);
+        // Resolving drops lease and hold; the TTL chosen at creation stays.
+        let done = Update {
+            status: Status::Succeeded,
+            fence: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(r.apply(&done, t + 3000), Ok(Applied::Resolved));
+        assert_eq!((r.held_until(), r.lease()), (0, None));
+        assert_eq!(r.ttl_secs(), 86_400);
+    }
+
+    #[test]
+    fn transaction_id_strips_the_prefix_only_when_present() {
+        assert_eq!(transaction_id(b"payment:txn_1", b"payment:"), b"txn_1");
+        assert_eq!(transaction_id(b"other:txn_1", b"payment:"), b"other:txn_1");
+        assert_eq!(transaction_id(b"txn_1", b""), b"txn_1");
+        let r = Record::new(b"payment:txn_9", "u", 1, *b"USD", 0, 60);
+        let v: serde_json::Value = serde_json::from_str(&r.to_json(b"payment:")).unwrap();
+        assert_eq!(v["transaction_id"], "txn_9");
+        assert_eq!(v["key"], "payment:txn_9");
+    }
+
+    #[test]
     fn json_has_the_service_shape() {
         let r = pending();
-        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&r.to_json(b"")).unwrap();
         assert_eq!(v["transaction_id"], "txn_12345");
         assert_eq!(v["user_id"], 67890);
         assert_eq!(v["status"], "pending");
@@ -599,7 +809,7 @@ mod tests {
         assert_eq!(v["currency"], "USD");
         assert_eq!(v["timestamp"], "2024-01-30T12:45:00Z");
         assert_eq!(v["attempts"], 0);
-        let text = r.to_json();
+        let text = r.to_json(b"");
         assert!(text.starts_with(r#"{"transaction_id":"txn_12345","user_id":67890,"status":"pending","amount":1000,"currency":"USD","timestamp":"#));
     }
 
@@ -622,8 +832,8 @@ mod tests {
             ),
             ("say \"hi\"", serde_json::json!("say \"hi\"")),
         ] {
-            let r = Record::new(b"k", uid, 1, *b"EUR", 0);
-            let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+            let r = Record::new(b"k", uid, 1, *b"EUR", 0, 60);
+            let v: serde_json::Value = serde_json::from_str(&r.to_json(b"")).unwrap();
             assert_eq!(v["user_id"], expect, "user_id {uid}");
         }
     }

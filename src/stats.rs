@@ -57,12 +57,14 @@ pub static SWEEP_LAST_US: Counter = Counter::new();
 pub static SWEEP_MAX_US: Counter = Counter::new();
 /// Most payments one tick handled: never above the sweep budget.
 pub static SWEEP_MAX_BATCH: Counter = Counter::new();
-/// Leases handed out by PAY.STUCK ... CLAIM.
+/// Leases handed out by PAY.CLAIM.
 pub static CLAIMS: Counter = Counter::new();
 /// Claims that took over a record whose previous lease had run out.
 pub static LEASES_EXPIRED: Counter = Counter::new();
+/// PAY.UPDATE calls refused by FENCE: a stale worker's late write.
+pub static FENCED: Counter = Counter::new();
 
-pub static COUNTERS: [(&str, &Counter); 14] = [
+pub static COUNTERS: [(&str, &Counter); 15] = [
     ("created", &CREATED),
     ("duplicates", &DUPLICATES),
     ("mismatches", &MISMATCHES),
@@ -77,4 +79,5 @@ pub static COUNTERS: [(&str, &Counter); 14] = [
     ("sweep_max_batch", &SWEEP_MAX_BATCH),
     ("claims", &CLAIMS),
     ("leases_expired", &LEASES_EXPIRED),
+    ("fenced", &FENCED),
 ];

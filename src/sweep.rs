@@ -1,4 +1,4 @@
-//! The sweeper: a server-side timer that flags payments pending too long.
+//! The sweeper: a server-side timer that flags payments unresolved too long.
 //!
 //! It runs on a primary only: armed at load when the server is a primary,
 //! armed when a replica is promoted, stopped when a primary is demoted. A
@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use redis_module::{raw, Context, RedisString};
 
 use crate::config::{STALE_AFTER_MS, SWEEP_BATCH, SWEEP_BUDGET, SWEEP_INTERVAL_MS};
-use crate::record::Status;
 use crate::stats;
 use crate::store::{index, listed_key, now_ms, publish, rm, PayKey, Payment};
 
@@ -96,9 +95,14 @@ fn tick(ctx: &Context, _: ()) {
 /// every database. Returns whether the batch was full (more may be waiting).
 fn sweep(ctx: &Context) -> bool {
     let started = Instant::now();
-    let cutoff = now_ms().saturating_sub(STALE_AFTER_MS.get());
+    let now = now_ms();
+    let stale_after = STALE_AFTER_MS.get();
+    let cutoff = now.saturating_sub(stale_after);
+    // A record dated more than the stale window ahead of this clock (written
+    // by a primary whose clock ran ahead) cannot be aged here: due now.
+    let future = now.saturating_add(stale_after);
     let first_db = NEXT_DB.load(Ordering::Relaxed);
-    let batch = index().stale_candidates(cutoff, SWEEP_BATCH, first_db);
+    let batch = index().stale_candidates(now, cutoff, future, SWEEP_BATCH, first_db);
     let mut flagged = 0u64;
     let mut db = None;
     let mut done = 0;
@@ -117,11 +121,11 @@ fn sweep(ctx: &Context) -> bool {
         let key = PayKey::open(ctx, &name, true);
         match key.payment() {
             Ok(Some(p))
-                if ptr::eq(p, entry.handle as *const Payment)
-                    && p.rec.status == Status::Pending =>
+                if ptr::eq(p, entry.handle as *const Payment) && !p.rec.status.is_terminal() =>
             {
                 let before = p.facts();
                 p.rec.stale = true;
+                key.keep_unresolved(ctx, &name);
                 index().change(p.member, before, p.facts(), entry.handle);
                 publish(ctx, &name, &p.rec, None, c"pay.stale");
                 flagged += 1;

@@ -162,7 +162,7 @@ fn replies_are_a_map_in_resp3_and_a_flat_array_in_resp2() {
     let v3: Value = redis::cmd("PAY.CHECK").arg("k").query(&mut c3).unwrap();
     match &v2 {
         Value::Array(a) => {
-            assert_eq!(a.len(), 26);
+            assert_eq!(a.len(), 28);
             assert_eq!(text(&a[0]), "transaction_id");
             assert_eq!(a[5], Value::Int(5), "amount is an integer");
         }
@@ -287,7 +287,7 @@ fn update_of_a_missing_payment_is_a_clear_error() {
     let s = Server::start();
     let mut c = s.conn();
     let e = err(&mut c, redis::cmd("PAY.UPDATE").arg("ghost").arg("failed"));
-    assert_eq!(e, "ERR no such payment");
+    assert_eq!(e, "NOPAYMENT no such payment");
     let n: i64 = redis::cmd("EXISTS").arg("ghost").query(&mut c).unwrap();
     assert_eq!(n, 0);
 }
@@ -333,7 +333,7 @@ fn stuck_lists_pending_oldest_first_with_older_and_count() {
 }
 
 #[test]
-fn records_expire_with_their_ttl_or_the_default() {
+fn unresolved_records_never_expire_and_resolved_ones_live_their_ttl_from_then() {
     let s = Server::with(Opts::new().module_arg("default-ttl").module_arg("100"));
     let mut c = s.conn();
     cache(&mut c, "default", "u", 1, "USD");
@@ -346,20 +346,23 @@ fn records_expire_with_their_ttl_or_the_default() {
         .arg(1)
         .query(&mut c)
         .unwrap();
-    let t: i64 = redis::cmd("TTL").arg("default").query(&mut c).unwrap();
-    assert!((99..=100).contains(&t), "ttl {t}");
-    let created: i64 = check(&mut c, "explicit").unwrap()["created_at"]
-        .parse()
-        .unwrap();
-    let at: i64 = redis::cmd("PEXPIRETIME")
-        .arg("explicit")
-        .query(&mut c)
-        .unwrap();
+    cache(&mut c, "unknown", "u", 1, "USD");
+    // Pending: no expiry at all, whatever TTL was chosen.
+    assert_eq!(pexpiretime(&mut c, "default"), -1);
+    assert_eq!(pexpiretime(&mut c, "explicit"), -1);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     assert!(
-        (created + 1000..=created + 1001).contains(&at),
-        "{at} vs {created}"
+        check(&mut c, "explicit").is_some(),
+        "a pending payment expired"
     );
-    // A duplicate leaves the TTL alone.
+    // Unknown: still none.
+    update(&mut c, "unknown", "unknown");
+    assert_eq!(pexpiretime(&mut c, "unknown"), -1);
+    // Resolved: the TTL chosen at creation, counted from the resolution.
+    let r = update(&mut c, "default", "succeeded");
+    let resolved: i64 = r["updated_at"].parse().unwrap();
+    assert_eq!(pexpiretime(&mut c, "default"), resolved + 100_000);
+    // A duplicate PAY.CACHE with another TTL changes nothing.
     let _: Value = redis::cmd("PAY.CACHE")
         .arg("explicit")
         .arg("u")
@@ -369,16 +372,19 @@ fn records_expire_with_their_ttl_or_the_default() {
         .arg(500)
         .query(&mut c)
         .unwrap();
-    let at2: i64 = redis::cmd("PEXPIRETIME")
-        .arg("explicit")
-        .query(&mut c)
-        .unwrap();
-    assert_eq!(at, at2);
+    assert_eq!(pexpiretime(&mut c, "explicit"), -1);
+    let r = update(&mut c, "explicit", "failed");
+    let resolved: i64 = r["updated_at"].parse().unwrap();
+    assert_eq!(pexpiretime(&mut c, "explicit"), resolved + 1000);
+    // The same terminal status again is a no-op: the TTL does not restart.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    update(&mut c, "explicit", "failed");
+    assert_eq!(pexpiretime(&mut c, "explicit"), resolved + 1000);
     assert!(wait_until(std::time::Duration::from_secs(5), || check(
         &mut c, "explicit"
     )
     .is_none()));
-    assert_eq!(stuck_keys(&mut c), ["default"]);
+    assert!(check(&mut c, "unknown").is_some());
 }
 
 #[test]

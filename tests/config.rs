@@ -34,6 +34,9 @@ fn config_set_applies_and_ranges_are_enforced() {
     assert_eq!(get(&mut c, "pay.default-ttl"), 60);
     cache(&mut c, "k", "u", 1, "USD");
     let ttl: i64 = redis::cmd("TTL").arg("k").query(&mut c).unwrap();
+    assert_eq!(ttl, -1, "pending payments never expire");
+    update(&mut c, "k", "succeeded");
+    let ttl: i64 = redis::cmd("TTL").arg("k").query(&mut c).unwrap();
     assert!((59..=60).contains(&ttl), "{ttl}");
     for (name, bad) in [
         ("pay.default-ttl", "0"),
@@ -73,6 +76,7 @@ fn an_unknown_or_malformed_module_argument_fails_the_load_clearly() {
         ),
         (&["stale-after-ms"], "needs a value"),
         (&["default-ttl", "0"], "must be an integer from 1"),
+        (&["key-prefix", "tab\there"], "pay.key-prefix must be"),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = std::process::Command::new(server_bin());

@@ -80,15 +80,14 @@ fn payments(c: &mut Connection, tag: &str, n: usize) {
                 .ignore();
         }
         let _: () = pipe.query(c).unwrap();
-        let _: Value = redis::cmd("PAY.STUCK")
+        let _: Value = redis::cmd("PAY.CLAIM")
+            .arg("w1")
+            .arg("LEASE")
+            .arg(600_000)
             .arg("OLDER")
             .arg(0)
             .arg("COUNT")
             .arg(n / 10 + 1)
-            .arg("CLAIM")
-            .arg("w1")
-            .arg("LEASE")
-            .arg(600_000)
             .query(c)
             .unwrap();
     }

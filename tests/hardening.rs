@@ -130,13 +130,12 @@ fn failover_keeps_acknowledged_payments_leases_and_flags() {
         &mut p,
         "records_stale"
     ) == 200));
-    let claimed: Value = redis::cmd("PAY.STUCK")
-        .arg("COUNT")
-        .arg(10)
-        .arg("CLAIM")
+    let claimed: Value = redis::cmd("PAY.CLAIM")
         .arg("worker-1")
         .arg("LEASE")
         .arg(600_000)
+        .arg("COUNT")
+        .arg(10)
         .query(&mut p)
         .unwrap();
     let Value::Array(claimed) = claimed else {
@@ -167,12 +166,11 @@ fn failover_keeps_acknowledged_payments_leases_and_flags() {
         .filter(|rec| rec["lease_owner"] == "worker-1")
         .count();
     assert_eq!(leased, 10);
-    let other: Value = redis::cmd("PAY.STUCK")
-        .arg("COUNT")
-        .arg(1000)
-        .arg("CLAIM")
+    let other: Value = redis::cmd("PAY.CLAIM")
         .arg("worker-2")
         .arg("LEASE")
+        .arg(1000)
+        .arg("COUNT")
         .arg(1000)
         .query(&mut r)
         .unwrap();
@@ -289,7 +287,8 @@ fn acl_recipes_allow_what_each_user_needs_and_deny_the_rest() {
     ] {
         assert!(err(&mut app, &cmd).starts_with("NOPERM"), "{cmd:?}");
     }
-    // Support staff: read any payment and INFO, change nothing.
+    // Support staff: read any payment, list stuck ones and INFO, change
+    // nothing.
     let mut support = acl(
         &mut admin,
         "support",
@@ -300,11 +299,13 @@ fn acl_recipes_allow_what_each_user_needs_and_deny_the_rest() {
             "~*",
             "-@all",
             "+pay.check",
+            "+pay.stuck",
             "+info",
         ],
     );
     assert!(check(&mut support, "other:1").is_some());
     let _: String = redis::cmd("INFO").arg("pay").query(&mut support).unwrap();
+    assert!(stuck_set(&mut support).contains("payment:1"));
     for cmd in [
         redis::cmd("PAY.CACHE")
             .arg("payment:9")
@@ -316,7 +317,11 @@ fn acl_recipes_allow_what_each_user_needs_and_deny_the_rest() {
             .arg("payment:1")
             .arg("failed")
             .clone(),
-        redis::cmd("PAY.STUCK").clone(),
+        redis::cmd("PAY.CLAIM")
+            .arg("support")
+            .arg("LEASE")
+            .arg(1000)
+            .clone(),
         redis::cmd("FLUSHALL").clone(),
     ] {
         assert!(err(&mut support, &cmd).starts_with("NOPERM"), "{cmd:?}");
@@ -351,7 +356,8 @@ fn command_flags_let_redis_enforce_oom_and_keys() {
     assert_eq!(flags(&mut c, "pay.cache").len(), 3);
     assert_eq!(flags(&mut c, "pay.check"), ["readonly", "fast"]);
     assert_eq!(flags(&mut c, "pay.update"), ["write", "fast"]);
-    assert_eq!(flags(&mut c, "pay.stuck"), ["write"]);
+    assert_eq!(flags(&mut c, "pay.stuck"), ["readonly"]);
+    assert_eq!(flags(&mut c, "pay.claim"), ["write", "denyoom"]);
     // Out of memory: no new payments, but resolving and reading still work.
     cache(&mut c, "before-oom", "u", 1, "USD");
     let _: () = redis::cmd("CONFIG")
@@ -406,7 +412,13 @@ fn application_commands_join_the_pay_acl_category_where_the_server_can() {
     members.sort();
     assert_eq!(
         members,
-        ["pay.cache", "pay.check", "pay.stuck", "pay.update"]
+        [
+            "pay.cache",
+            "pay.check",
+            "pay.claim",
+            "pay.stuck",
+            "pay.update"
+        ]
     );
     let mut user = acl(&mut c, "payapp", &["on", ">pw", "~*", "-@all", "+@pay"]);
     assert_eq!(cache(&mut user, "k", "u", 1, "USD")["outcome"], "created");

@@ -75,14 +75,10 @@ fn a_logically_expired_record_is_never_listed() {
     assert_index_exact(&mut c, &[0]);
 }
 
-#[test]
-fn eviction_removes_records_from_the_index() {
-    let s = Server::with(Opts::new().config("maxmemory-policy", "volatile-lru"));
-    let mut c = s.conn();
-    for i in 0..2000 {
-        cache(&mut c, &format!("e{i}"), "u", i, "USD");
-    }
-    let info: String = redis::cmd("INFO").arg("memory").query(&mut c).unwrap();
+/// Fills memory past `maxmemory` with plain strings, so Redis evicts by
+/// its policy; then lifts the limit.
+fn squeeze(c: &mut Connection) {
+    let info: String = redis::cmd("INFO").arg("memory").query(c).unwrap();
     let used: i64 = info
         .lines()
         .find_map(|l| l.strip_prefix("used_memory:"))
@@ -91,18 +87,27 @@ fn eviction_removes_records_from_the_index() {
         .parse()
         .unwrap();
     run(
-        &mut c,
+        c,
         &["CONFIG", "SET", "maxmemory", &(used + 30_000).to_string()],
     );
-    // Plain strings have no TTL, so volatile-lru can evict only payments.
     let blob = "x".repeat(10_000);
     for i in 0..5 {
         let _: redis::RedisResult<Value> = redis::cmd("SET")
             .arg(format!("fill{i}"))
             .arg(&blob)
-            .query(&mut c);
+            .query(c);
     }
-    run(&mut c, &["CONFIG", "SET", "maxmemory", "0"]);
+    run(c, &["CONFIG", "SET", "maxmemory", "0"]);
+}
+
+#[test]
+fn eviction_removes_records_from_the_index() {
+    let s = Server::with(Opts::new().config("maxmemory-policy", "allkeys-lru"));
+    let mut c = s.conn();
+    for i in 0..2000 {
+        cache(&mut c, &format!("e{i}"), "u", i, "USD");
+    }
+    squeeze(&mut c);
     let payments_left = all_keys(&mut c)
         .iter()
         .filter(|k| k.starts_with('e'))
@@ -110,6 +115,35 @@ fn eviction_removes_records_from_the_index() {
     assert!(payments_left < 2000, "nothing was evicted");
     assert!(payments_left > 0, "everything was evicted");
     assert_eq!(stuck_keys(&mut c).len(), payments_left);
+    assert_index_exact(&mut c, &[0]);
+}
+
+#[test]
+fn a_volatile_policy_evicts_resolved_payments_never_unresolved_ones() {
+    let s = Server::with(Opts::new().config("maxmemory-policy", "volatile-lru"));
+    let mut c = s.conn();
+    for i in 0..2000 {
+        cache(&mut c, &format!("e{i}"), "u", i, "USD");
+        if i % 2 == 0 {
+            update(&mut c, &format!("e{i}"), "succeeded");
+        } else if i % 4 == 1 {
+            update(&mut c, &format!("e{i}"), "unknown");
+        }
+    }
+    squeeze(&mut c);
+    let left = all_keys(&mut c);
+    let resolved_left = (0..2000)
+        .step_by(2)
+        .filter(|i| left.contains(&format!("e{i}")))
+        .count();
+    assert!(resolved_left < 1000, "no resolved payment was evicted");
+    for i in (1..2000).step_by(2) {
+        assert!(
+            left.contains(&format!("e{i}")),
+            "unresolved e{i} was evicted"
+        );
+    }
+    assert_eq!(stuck_keys(&mut c).len(), 1000);
     assert_index_exact(&mut c, &[0]);
 }
 
@@ -156,7 +190,7 @@ fn rename_moves_the_index_entry_to_the_new_name() {
     // RENAME onto another payment replaces it.
     run(&mut c, &["RENAME", "p1", "p2"]);
     run(&mut c, &["RENAMENX", "pdone", "qdone"]);
-    assert_eq!(stuck_keys(&mut c), ["q0", "p2"]);
+    assert_eq!(stuck_set(&mut c), set(&["q0", "p2"]));
     let r = check(&mut c, "p2").unwrap();
     assert_eq!(r["amount"], "101", "p2 now holds p1's payment");
     // The renamed payment is still a payment under its new name.
@@ -224,8 +258,10 @@ fn dump_and_restore_carry_records_and_index_them() {
         .unwrap();
     let mut restored = check(&mut c, "r0").unwrap();
     assert_eq!(restored.remove("transaction_id").unwrap(), "r0");
+    assert_eq!(restored.remove("key").unwrap(), "r0");
     let mut expected = original.clone();
     expected.remove("transaction_id");
+    expected.remove("key");
     assert_eq!(restored, expected);
     // RESTORE REPLACE over a resolved payment makes it pending again.
     let _: () = redis::cmd("RESTORE")
@@ -268,8 +304,9 @@ fn migrate_carries_records_to_another_server() {
     assert_eq!(check(&mut cb, "m1").unwrap(), before);
     assert_eq!(stuck_keys(&mut ca), ["m0", "m2"]);
     assert_eq!(stuck_keys(&mut cb), ["m1"]);
-    let ttl: i64 = redis::cmd("TTL").arg("m1").query(&mut cb).unwrap();
+    let ttl: i64 = redis::cmd("TTL").arg("mdone").query(&mut cb).unwrap();
     assert!(ttl > 86_000, "TTL travels with the record: {ttl}");
+    assert_eq!(pexpiretime(&mut cb, "m1"), -1, "a pending one has none");
     assert_index_exact(&mut ca, &[0]);
     assert_index_exact(&mut cb, &[0]);
 }

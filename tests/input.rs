@@ -20,7 +20,6 @@ fn cases() -> Vec<(Vec<Vec<u8>>, &'static str)> {
         ),
         (b(&[b"PAY.CHECK"]), "ERR wrong number of arguments"),
         (b(&[b"PAY.UPDATE", b"k"]), "ERR wrong number of arguments"),
-        (b(&[b"PAY.LOAD", b"k"]), "ERR wrong number of arguments"),
         // Key.
         (
             b(&[b"PAY.CACHE", &long_key, b"u", b"1", b"USD"]),
@@ -153,23 +152,44 @@ fn cases() -> Vec<(Vec<Vec<u8>>, &'static str)> {
             "ERR OLDER must be an integer from 0",
         ),
         (
-            b(&[b"PAY.STUCK", b"CLAIM", b"w1"]),
-            "ERR CLAIM and LEASE go together",
+            b(&[b"PAY.STUCK", b"CLAIM", b"w1", b"LEASE", b"100"]),
+            "ERR PAY.STUCK only lists; claims moved to PAY.CLAIM",
         ),
         (
             b(&[b"PAY.STUCK", b"LEASE", b"100"]),
-            "ERR CLAIM and LEASE go together",
+            "ERR PAY.STUCK only lists",
+        ),
+        // PAY.CLAIM.
+        (b(&[b"PAY.CLAIM"]), "ERR wrong number of arguments"),
+        (b(&[b"PAY.CLAIM", b"w1"]), "ERR LEASE ms is required"),
+        (
+            b(&[b"PAY.CLAIM", b"w1", b"LEASE", b"0"]),
+            "ERR LEASE must be an integer from 1",
+        ),
+        (
+            b(&[b"PAY.CLAIM", b"w\x07", b"LEASE", b"10"]),
+            "ERR consumer must not contain control characters",
+        ),
+        (
+            b(&[b"PAY.CLAIM", b"w1", b"LEASE", b"10", b"COUNT", b"0"]),
+            "ERR COUNT must be an integer from 1",
+        ),
+        // PAY.UPDATE's RETRY and FENCE.
+        (
+            b(&[b"PAY.UPDATE", b"k", b"succeeded", b"RETRY", b"10"]),
+            "ERR RETRY goes with pending or unknown",
+        ),
+        (
+            b(&[b"PAY.UPDATE", b"k", b"pending", b"FENCE", b"-1"]),
+            "ERR FENCE must be an integer from 0",
         ),
         (
             b(&[b"PAY.STUCK", b"SIDEWAYS"]),
             "ERR unknown option 'SIDEWAYS'",
         ),
-        // PAY.LOAD with bytes that are not a record.
-        (
-            b(&[b"PAY.LOAD", b"k", b"garbage"]),
-            "ERR invalid payment record",
-        ),
-        (b(&[b"PAY.LOAD", b"k", b""]), "ERR invalid payment record"),
+        // (PAY.LOAD refuses clients whatever its arguments: tests/safety.rs.
+        // Bytes that are not a record: the codec's tests and the RESTORE
+        // fuzz there.)
     ];
     // Amounts: floats, signs, spaces, overflow, leading zeros, binary.
     for bad in [
@@ -285,7 +305,7 @@ fn hostile(rng: &mut fastrand::Rng) -> Vec<Vec<u8>> {
     let s = |v: &str| v.as_bytes().to_vec();
     // Whether one more argument could repair the defect (then none is added).
     let mut open_ended = false;
-    let mut cmd: Vec<Vec<u8>> = match rng.u8(..5) {
+    let mut cmd: Vec<Vec<u8>> = match rng.u8(..6) {
         0 => {
             let mut c = vec![s("PAY.CACHE"), key(rng), s("u1"), s("100"), s("USD")];
             match rng.u8(..7) {
@@ -350,6 +370,15 @@ fn hostile(rng: &mut fastrand::Rng) -> Vec<Vec<u8>> {
             }
             c
         }
+        4 => {
+            let mut c = vec![s("PAY.CLAIM"), s("w1")];
+            match rng.u8(..3) {
+                0 => c.extend([s("LEASE"), s("0")]),
+                1 => c.extend([s("LEASE"), s("5"), s("OLDER"), s("x")]),
+                _ => c[1] = vec![b'w'; 200],
+            }
+            c
+        }
         _ => {
             // Version byte 0 is never valid: the rest is random.
             let mut blob = vec![0u8];
@@ -379,10 +408,19 @@ fn a_storm_of_hostile_commands_changes_nothing_and_never_crashes() {
     let d = digest(&mut c);
     let mut rng = fastrand::Rng::with_seed(0x9a7_5eed);
     let mut sent = 0;
-    while sent < COMMANDS {
+    let mut generated = 0;
+    // Where PAY.LOAD is an internal command (Redis 8) it does not exist for
+    // clients: the server answers its own unknown-command error, echoing
+    // (binary) arguments, before the module sees it. Not sent there.
+    let internal = has_internal_command_flag(&mut c);
+    while generated < COMMANDS {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        let batch: Vec<Vec<Vec<u8>>> = (0..1000).map(|_| hostile(&mut rng)).collect();
+        let batch: Vec<Vec<Vec<u8>>> = (0..1000)
+            .map(|_| hostile(&mut rng))
+            .filter(|cmd| !(internal && cmd[0] == b"PAY.LOAD"))
+            .collect();
+        generated += 1000;
         for cmd in &batch {
             let mut r = redis::cmd(std::str::from_utf8(&cmd[0]).unwrap());
             for a in &cmd[1..] {
@@ -404,7 +442,7 @@ fn a_storm_of_hostile_commands_changes_nothing_and_never_crashes() {
         sent += batch.len();
     }
     assert_eq!(digest(&mut c), d, "the storm changed the data");
-    assert_eq!(info_field(&mut c, "errors"), COMMANDS as i64);
+    assert_eq!(info_field(&mut c, "errors"), sent as i64);
     assert_index_exact(&mut c, &[0]);
 }
 
@@ -429,17 +467,25 @@ fn a_forged_record_dated_past_year_9999_is_refused_and_json_never_crashes() {
     let mut c = s.conn();
     // A record from far in the future: no command could write it.
     let far = 300_000_000_000_000i64;
-    let e = err(&mut c, redis::cmd("PAY.LOAD").arg("far").arg(blob(1, far)));
+    // (PAY.LOAD refuses clients: the forged record comes as a RESTORE
+    // payload, and its load fails with a log line naming the reason.)
+    let payload = record_payload(&mut c, &blob(1, far));
+    let e = err(&mut c, redis::cmd("RESTORE").arg("far").arg(0).arg(payload));
+    assert!(e.starts_with("ERR Bad data format"), "{e}");
     assert!(
-        e.starts_with("ERR invalid payment record: timestamps beyond year 9999"),
-        "{e}"
+        s.log()
+            .contains("invalid payment record: timestamps beyond year 9999"),
+        "{}",
+        s.log()
     );
     assert_eq!(check(&mut c, "far"), None);
     // The latest timestamp a record may hold still renders.
     let last = 253_402_300_799_999i64;
-    let _: () = redis::cmd("PAY.LOAD")
+    let payload = record_payload(&mut c, &blob(last, last));
+    let _: () = redis::cmd("RESTORE")
         .arg("last")
-        .arg(blob(last, last))
+        .arg(0)
+        .arg(payload)
         .query(&mut c)
         .unwrap();
     let json: String = redis::cmd("PAY.CHECK")

@@ -65,8 +65,8 @@ fn bring_under_odd_keys(c: &mut Connection) {
 }
 
 /// What makes the primary send PAY.LOAD for every odd-named record: a
-/// claim (lease) of every pending one in both databases, and the
-/// sweeper's flags.
+/// claim of every unresolved one in both databases (with a lease that ends
+/// at once), and the sweeper's flags.
 fn travel(c: &mut Connection, consumer: &str) {
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
@@ -76,19 +76,19 @@ fn travel(c: &mut Connection, consumer: &str) {
         .unwrap();
     for db in [0, 1] {
         select(c, db);
-        let _: Value = redis::cmd("PAY.STUCK")
+        let _: Value = redis::cmd("PAY.CLAIM")
+            .arg(consumer)
+            .arg("LEASE")
+            .arg(1)
             .arg("OLDER")
             .arg(0)
             .arg("COUNT")
             .arg(1000)
-            .arg("CLAIM")
-            .arg(consumer)
-            .arg("LEASE")
-            .arg(600_000)
             .query(c)
             .unwrap();
     }
     select(c, 0);
+    std::thread::sleep(Duration::from_millis(10));
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
         .arg("pay.stale-after-ms")
@@ -149,10 +149,10 @@ fn held(c: &mut Connection) -> Held {
             };
             let id = fields
                 .chunks(2)
-                .find(|p| p[0] == Value::BulkString(b"transaction_id".to_vec()))
+                .find(|p| p[0] == Value::BulkString(b"key".to_vec()))
                 .map(|p| p[1].clone());
             let Some(Value::BulkString(id)) = id else {
-                panic!("no transaction_id in {fields:?}");
+                panic!("no key in {fields:?}");
             };
             assert!(keys.contains(&id), "listed {id:?} is no key of db {db}");
         }

@@ -118,13 +118,14 @@ fn a_claim_replies_with_every_record_though_a_neighbour_takes_the_keys() {
             cache(&mut c, &format!("claim:{action}:{i}"), "u", i, "USD");
         }
         neighbour(&mut c, "pay.claim", action);
-        let v: Value = redis::cmd("PAY.STUCK")
-            .arg("OLDER")
-            .arg(0)
-            .arg("CLAIM")
+        let v: Value = redis::cmd("PAY.CLAIM")
             .arg("worker-1")
             .arg("LEASE")
             .arg(60_000)
+            .arg("OLDER")
+            .arg(0)
+            .arg("COUNT")
+            .arg(100)
             .query(&mut c)
             .unwrap();
         neighbour(&mut c, "*", "none");
@@ -195,13 +196,14 @@ fn a_replica_applies_pay_load_though_a_neighbour_takes_the_key() {
                 update(&mut pc, &key, "failed");
             }
         }
-        let _: Value = redis::cmd("PAY.STUCK")
-            .arg("OLDER")
-            .arg(0)
-            .arg("CLAIM")
+        let _: Value = redis::cmd("PAY.CLAIM")
             .arg("w")
             .arg("LEASE")
             .arg(60_000)
+            .arg("OLDER")
+            .arg(0)
+            .arg("COUNT")
+            .arg(100)
             .query(&mut pc)
             .unwrap();
         wait_replicas(&mut pc, 1);

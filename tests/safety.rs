@@ -22,15 +22,14 @@ const LENGTH_AT: usize = 11;
 fn base_payloads(c: &mut Connection) -> Vec<Vec<u8>> {
     cache(c, "base:plain", "u", 1, "USD");
     cache(c, "base:claimed", &"w".repeat(64), 123_456_789, "EUR");
-    let _: Value = redis::cmd("PAY.STUCK")
+    let _: Value = redis::cmd("PAY.CLAIM")
+        .arg("worker-7")
+        .arg("LEASE")
+        .arg(60_000)
         .arg("OLDER")
         .arg(0)
         .arg("COUNT")
         .arg(1)
-        .arg("CLAIM")
-        .arg("worker-7")
-        .arg("LEASE")
-        .arg(60_000)
         .query(c)
         .unwrap();
     cache(c, "base:done", "67890", 1000, "JPY");
@@ -423,9 +422,9 @@ fn forged_blob(c: &mut Connection) -> Vec<u8> {
     let payload = dump(c, b"forge:model").unwrap();
     let _: () = redis::cmd("DEL").arg("forge:model").query(c).unwrap();
     // type, module id, opcode, then the blob's length and the blob.
-    let (n, width) = (payload[LENGTH_AT], 1);
-    assert!(n < 64, "a short record");
-    payload[LENGTH_AT + width..LENGTH_AT + width + usize::from(n)].to_vec()
+    let (n, width) = read_rdb_len(&payload, LENGTH_AT).expect("a plain length");
+    let start = LENGTH_AT + width;
+    payload[start..start + n as usize].to_vec()
 }
 
 /// The refusal a client gets: the module's own error, or where the server
@@ -530,15 +529,14 @@ fn write_paths(c: &mut Connection, tag: &str) {
         .arg("bank timeout")
         .query(c)
         .unwrap();
-    let _: Value = redis::cmd("PAY.STUCK")
+    let _: Value = redis::cmd("PAY.CLAIM")
+        .arg("w1")
+        .arg("LEASE")
+        .arg(60_000)
         .arg("OLDER")
         .arg(0)
         .arg("COUNT")
         .arg(2)
-        .arg("CLAIM")
-        .arg("w1")
-        .arg("LEASE")
-        .arg(60_000)
         .query(c)
         .unwrap();
 }
@@ -637,6 +635,16 @@ fn expiry_is_exact_on_replicas_and_after_aof_reload() {
             .arg("USD")
             .arg("TTL")
             .arg(1 + i % 97)
+            .ignore();
+    }
+    let _: () = pipe.query(&mut pc).unwrap();
+    // A payment gets its TTL when it resolves.
+    let mut pipe = redis::pipe();
+    for i in 0..2_000 {
+        let status = if i % 2 == 0 { "succeeded" } else { "failed" };
+        pipe.cmd("PAY.UPDATE")
+            .arg(format!("ttl:{i}"))
+            .arg(status)
             .ignore();
     }
     let _: () = pipe.query(&mut pc).unwrap();

@@ -8,36 +8,13 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use common::*;
-use redis::{Connection, Value};
+use redis::Value;
 
 const STALE_MS: u64 = 300;
 const SWEEP_MS: u64 = 50;
 
 fn fast_sweeper() -> Opts {
     Opts::sweeper(STALE_MS, SWEEP_MS)
-}
-
-fn claim(
-    c: &mut Connection,
-    consumer: &str,
-    count: usize,
-    lease_ms: u64,
-) -> Vec<std::collections::BTreeMap<String, String>> {
-    let v: Value = redis::cmd("PAY.STUCK")
-        .arg("OLDER")
-        .arg(0)
-        .arg("COUNT")
-        .arg(count)
-        .arg("CLAIM")
-        .arg(consumer)
-        .arg("LEASE")
-        .arg(lease_ms)
-        .query(c)
-        .unwrap();
-    match v {
-        Value::Array(items) => items.iter().map(record).collect(),
-        other => panic!("{other:?}"),
-    }
 }
 
 #[test]
@@ -160,7 +137,7 @@ fn an_expired_lease_makes_the_payment_claimable_again() {
         .query(&mut c)
         .unwrap();
     assert!(claim(&mut c, "w2", 10, 300).is_empty());
-    // PAY.STUCK without CLAIM still lists leased payments.
+    // PAY.STUCK still lists leased payments.
     assert_eq!(stuck_keys(&mut c), ["p"]);
     std::thread::sleep(Duration::from_millis(350));
     let again = claim(&mut c, "w2", 10, 300);
@@ -184,13 +161,12 @@ fn claims_respect_older_and_count() {
     cache(&mut c, "old", "u", 1, "USD");
     std::thread::sleep(Duration::from_millis(200));
     cache(&mut c, "new", "u", 1, "USD");
-    let v: Value = redis::cmd("PAY.STUCK")
-        .arg("OLDER")
-        .arg(150)
-        .arg("CLAIM")
+    let v: Value = redis::cmd("PAY.CLAIM")
         .arg("w")
         .arg("LEASE")
         .arg(1000)
+        .arg("OLDER")
+        .arg(150)
         .query(&mut c)
         .unwrap();
     let Value::Array(items) = v else { panic!() };
@@ -229,11 +205,7 @@ fn a_replica_shows_flags_and_leases_but_sweeps_only_once_promoted() {
     // Claims are writes: a replica refuses them.
     let e = err(
         &mut r,
-        redis::cmd("PAY.STUCK")
-            .arg("CLAIM")
-            .arg("w")
-            .arg("LEASE")
-            .arg(100),
+        redis::cmd("PAY.CLAIM").arg("w").arg("LEASE").arg(100),
     );
     assert!(e.starts_with("READONLY"), "{e}");
     // New payments reach the replica; then it is promoted and sweeps them.

@@ -1,19 +1,31 @@
-//! Alerts: payments stuck longer than the alert threshold are posted to
-//! Slack, grouped in one message per round; each is alerted once and repeated
-//! at most every repeat interval while still stuck; a "resolved" message
-//! follows when an alerted payment resolves.
+//! Alerts, all from what Redis holds, never from a round's memory:
+//!
+//! - payments with an `unknown` outcome (the retries ran out without a
+//!   definite answer): a human must check the provider and resolve them;
+//! - payments unresolved (`pending`) longer than the alert threshold;
+//! - configuration errors (the provider's answers say the sidecar is not
+//!   talking to it as it should), at most once per repeat interval each.
+//!
+//! Each round lists the unresolved payments older than the threshold on every
+//! primary (`PAY.STUCK`), so a round that fails partway loses nothing: the
+//! next one finds the same payments. Each payment is alerted once, repeated
+//! at most every repeat interval while unresolved (at once when it turns
+//! `unknown`), and a "resolved" message follows when an alerted payment
+//! resolves.
 //!
 //! All alert state lives in Redis, under the hash tag `{pay:alerts}` (one
-//! cluster slot): a sorted set of alerted payments scored by the last alert
-//! time, a sorted set of resolved ones (tombstones, kept a day, so a stale
-//! listing can never alert a resolved payment again), an outbox list of
-//! messages not yet delivered, and a delivery lock. A payment is named by its
-//! key and creation time, so a later payment under the same key is a new one.
-//! So a restart or a second sidecar never alerts twice, and messages wait in
-//! the outbox while Slack is down. Delivery runs on its own thread: a Slack
-//! outage never slows the retries.
+//! cluster slot): sorted sets of alerted payments (pending, unknown) scored
+//! by the last alert time, a sorted set of resolved ones (tombstones, kept a
+//! day, so a stale listing can never alert a resolved payment again), one of
+//! configuration problems, an outbox list of messages not yet delivered, and
+//! a delivery lock. A payment is named by its key and creation time, so a
+//! later payment under the same key is a new one. So a restart or a second
+//! sidecar never alerts twice, and messages wait in the outbox while Slack is
+//! down. Delivery runs on its own thread: a Slack outage never slows the
+//! retries.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
@@ -21,8 +33,14 @@ use redis::ConnectionLike;
 
 use crate::metrics::Metrics;
 use crate::store::{self, Record, Topology};
+use crate::worker::Report;
 
+/// Payments alerted as pending too long.
 pub const ALERTED: &str = "{pay:alerts}";
+/// Payments alerted as `unknown`.
+pub const UNKNOWN: &str = "{pay:alerts}:unknown";
+/// Configuration problems, scored by when they were last alerted.
+pub const CONFIG: &str = "{pay:alerts}:config";
 pub const RESOLVED: &str = "{pay:alerts}:resolved";
 /// How long a tombstone is kept.
 const TOMBSTONE_MS: i64 = 86_400_000;
@@ -38,26 +56,69 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Atomically decides whether a payment is due an alert, and records it:
-/// 1 = first alert, 2 = repeat, 0 = not due (or already resolved).
-const MARK: &str = r"
-if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
-local last = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if last and tonumber(ARGV[2]) - tonumber(last) < tonumber(ARGV[3]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-if last then return 2 end
+// Alerting is two steps. A read-only script says which payments are due an
+// alert; the message is written for them; then one script checks that every
+// one of them is still due, marks them all and queues the message, or does
+// nothing (another sidecar got there first; the next round looks again). So
+// a payment is never marked as alerted without its message in the outbox,
+// whatever fails in between. Resolutions work the same way.
+
+/// Whether each payment (ARGV[3..]) is due an alert: 1 = first alert,
+/// 2 = repeat, 0 = not due (or already resolved). Writes nothing.
+const DUE: &str = r"
+local now, rep, due = tonumber(ARGV[1]), tonumber(ARGV[2]), {}
+for i = 3, #ARGV do
+  local last = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if redis.call('ZSCORE', KEYS[2], ARGV[i]) then due[#due + 1] = 0
+  elseif last and now - tonumber(last) < rep then due[#due + 1] = 0
+  elseif last then due[#due + 1] = 2
+  else due[#due + 1] = 1 end
+end
+return due
+";
+
+/// If every payment (ARGV[4..]) is still due, marks them alerted at ARGV[1]
+/// and queues the message ARGV[3]: 1; else changes nothing: 0.
+const COMMIT_ALERT: &str = r"
+local now, rep = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 4, #ARGV do
+  if redis.call('ZSCORE', KEYS[2], ARGV[i]) then return 0 end
+  local last = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if last and now - tonumber(last) < rep then return 0 end
+end
+for i = 4, #ARGV do redis.call('ZADD', KEYS[1], now, ARGV[i]) end
+redis.call('RPUSH', KEYS[3], ARGV[3])
 return 1
 ";
 
-/// Moves an alerted payment to the tombstones; 1 if this caller did it (and
-/// so announces the resolution), 0 if another sidecar did.
-const RESOLVE: &str = r"
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
-  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
-  return 1
+/// If every payment (ARGV[4..]) is still in an alerted set, moves them all
+/// to the tombstones (at ARGV[1], dropping those older than ARGV[2]) and
+/// queues the message ARGV[3]: 1; else changes nothing: 0. Only the sidecar
+/// that moves them announces them.
+const COMMIT_RESOLVED: &str = r"
+for i = 4, #ARGV do
+  if not redis.call('ZSCORE', KEYS[1], ARGV[i]) and not redis.call('ZSCORE', KEYS[2], ARGV[i]) then
+    return 0
+  end
 end
-return 0
+for i = 4, #ARGV do
+  redis.call('ZREM', KEYS[1], ARGV[i])
+  redis.call('ZREM', KEYS[2], ARGV[i])
+  redis.call('ZADD', KEYS[3], ARGV[1], ARGV[i])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[2])
+redis.call('RPUSH', KEYS[4], ARGV[3])
+return 1
+";
+
+/// Queues a configuration alert unless the same problem was alerted less
+/// than a repeat interval ago: 1 if queued.
+const CONFIG_SCRIPT: &str = r"
+local last = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if last and tonumber(ARGV[2]) - tonumber(last) < tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('RPUSH', KEYS[2], ARGV[4])
+return 1
 ";
 
 /// The alert-state name of one payment: its key and creation time.
@@ -123,7 +184,34 @@ fn line(r: &Record, now: i64) -> String {
     )
 }
 
-/// The Slack message for this round's stuck payments.
+fn unknown_line(r: &Record, now: i64) -> String {
+    // The reason reads "outcome unknown after N attempts: <last answer>".
+    let last = r
+        .reason
+        .strip_prefix("outcome unknown after ")
+        .and_then(|rest| rest.split_once(": "))
+        .map_or(r.reason.as_str(), |(_, last)| last);
+    format!(
+        "• `{key}` {} — created {} ago — outcome unknown after {} attempts; check the provider, then `PAY.UPDATE {key} succeeded|failed` — last answer: {}",
+        money(r.amount, &r.currency),
+        age(now, r.created_at),
+        r.attempts,
+        if last.is_empty() { "-" } else { last },
+        key = r.key,
+    )
+}
+
+fn listing(text: &mut String, lines: impl Iterator<Item = String>, total: usize) {
+    for l in lines.take(LISTED) {
+        text.push('\n');
+        text.push_str(&l);
+    }
+    if total > LISTED {
+        text.push_str(&format!("\n… and {} more", total - LISTED));
+    }
+}
+
+/// The Slack message for this round's stuck (pending) payments.
 pub fn stuck_message(first: &[Record], repeat: &[Record], threshold: Duration, now: i64) -> String {
     let total = first.len() + repeat.len();
     let mut text = format!(
@@ -132,14 +220,36 @@ pub fn stuck_message(first: &[Record], repeat: &[Record], threshold: Duration, n
         first.len(),
         repeat.len()
     );
-    for r in first.iter().chain(repeat).take(LISTED) {
-        text.push('\n');
-        text.push_str(&line(r, now));
-    }
-    if total > LISTED {
-        text.push_str(&format!("\n… and {} more", total - LISTED));
-    }
+    listing(
+        &mut text,
+        first.iter().chain(repeat).map(|r| line(r, now)),
+        total,
+    );
     text
+}
+
+/// The Slack message for payments whose outcome is unknown: a human decides.
+pub fn unknown_message(first: &[Record], repeat: &[Record], now: i64) -> String {
+    let total = first.len() + repeat.len();
+    let mut text = format!(
+        ":warning: {total} payment(s) with an unknown outcome ({} new, {} still unknown): the provider gave no definite answer, so they are NOT marked failed (the customer may have been charged). Never sent again, only asked about.",
+        first.len(),
+        repeat.len()
+    );
+    listing(
+        &mut text,
+        first.iter().chain(repeat).map(|r| unknown_line(r, now)),
+        total,
+    );
+    text
+}
+
+/// The Slack message for a configuration problem.
+pub fn config_message(problem: &str, key: &str, repeat: Duration) -> String {
+    format!(
+        ":no_entry: pay-sidecar is not talking to the provider as it should: {problem}. Seen with payment `{key}`. Payments stay unresolved and are retried; none is failed for this. Repeated every {} while it lasts.",
+        humantime::format_duration(repeat)
+    )
 }
 
 pub fn resolved_message(resolved: &[(String, String)]) -> String {
@@ -147,67 +257,95 @@ pub fn resolved_message(resolved: &[(String, String)]) -> String {
         ":white_check_mark: {} alerted payment(s) resolved",
         resolved.len()
     );
-    for (key, status) in resolved.iter().take(LISTED) {
-        text.push_str(&format!("\n• `{key}` {status}"));
-    }
-    if resolved.len() > LISTED {
-        text.push_str(&format!("\n… and {} more", resolved.len() - LISTED));
-    }
+    listing(
+        &mut text,
+        resolved
+            .iter()
+            .map(|(key, status)| format!("• `{key}` {status}")),
+        resolved.len(),
+    );
     text
 }
 
-fn enqueue(c: &mut dyn ConnectionLike, text: &str) -> redis::RedisResult<()> {
-    let payload = serde_json::json!({ "text": text }).to_string();
-    redis::cmd("RPUSH")
-        .arg(OUTBOX)
-        .arg(payload)
-        .query::<i64>(c)?;
-    Ok(())
+fn payload(text: &str) -> String {
+    serde_json::json!({ "text": text }).to_string()
 }
 
 impl Alerter {
-    /// One alert round: stuck payments on every primary, then resolutions.
+    /// One alert round: unresolved payments older than the threshold on
+    /// every primary, then resolutions. A primary that cannot be read is
+    /// skipped (and reported) so the others are still alerted.
     pub fn round(&self, topo: &Topology, keyed: &mut dyn ConnectionLike) -> redis::RedisResult<()> {
         let now = now_ms();
-        let mut stuck = Vec::new();
+        let mut unresolved = Vec::new();
+        let mut failure = None;
         for node in &topo.primaries {
-            let mut c = node.connect()?;
-            stuck.extend(store::stuck(&mut c, self.alert_after, 10_000)?);
-        }
-        let mark = redis::Script::new(MARK);
-        let (mut first, mut repeat) = (Vec::new(), Vec::new());
-        for r in stuck {
-            let marked: i64 = mark
-                .key(ALERTED)
-                .key(RESOLVED)
-                .arg(member(&r))
-                .arg(now)
-                .arg(self.repeat.as_millis() as u64)
-                .invoke(keyed)?;
-            match marked {
-                1 => first.push(r),
-                2 => repeat.push(r),
-                _ => {}
+            let listed = node
+                .connect()
+                .and_then(|mut c| store::stuck(&mut c, self.alert_after, 10_000));
+            match listed {
+                Ok(rs) => unresolved.extend(rs),
+                Err(e) => {
+                    warn!("alerts: cannot list {}: {e}", node.name);
+                    failure = Some(e);
+                }
             }
         }
-        if !first.is_empty() || !repeat.is_empty() {
-            info!(
-                "alerting: {} newly stuck, {} still stuck",
-                first.len(),
-                repeat.len()
-            );
-            enqueue(
-                keyed,
-                &stuck_message(&first, &repeat, self.alert_after, now),
-            )?;
+        let (pending, unknown): (Vec<Record>, Vec<Record>) =
+            unresolved.into_iter().partition(|r| r.status != "unknown");
+        let due = redis::Script::new(DUE);
+        let commit = redis::Script::new(COMMIT_ALERT);
+        let repeat_ms = self.repeat.as_millis() as u64;
+        for (set, records) in [(UNKNOWN, unknown), (ALERTED, pending)] {
+            if records.is_empty() {
+                continue;
+            }
+            let members: Vec<String> = records.iter().map(member).collect();
+            let marks: Vec<i64> = due
+                .key(set)
+                .key(RESOLVED)
+                .arg(now)
+                .arg(repeat_ms)
+                .arg(&members)
+                .invoke(keyed)?;
+            let (mut first, mut again, mut names) = (Vec::new(), Vec::new(), Vec::new());
+            for ((r, name), mark) in records.into_iter().zip(members).zip(marks) {
+                match mark {
+                    1 => first.push(r),
+                    2 => again.push(r),
+                    _ => continue,
+                }
+                names.push(name);
+            }
+            if names.is_empty() {
+                continue;
+            }
+            let text = if set == UNKNOWN {
+                unknown_message(&first, &again, now)
+            } else {
+                stuck_message(&first, &again, self.alert_after, now)
+            };
+            let queued: i64 = commit
+                .key(set)
+                .key(RESOLVED)
+                .key(OUTBOX)
+                .arg(now)
+                .arg(repeat_ms)
+                .arg(payload(&text))
+                .arg(&names)
+                .invoke(keyed)?;
+            if queued == 1 {
+                warn!("alert: {text}");
+            }
         }
-        let alerted: Vec<String> = redis::cmd("ZRANGE")
-            .arg(ALERTED)
-            .arg(0)
-            .arg(-1)
-            .query(keyed)?;
-        let resolve = redis::Script::new(RESOLVE);
-        let mut resolved = Vec::new();
+        let mut alerted: Vec<String> = Vec::new();
+        for set in [ALERTED, UNKNOWN] {
+            let names: Vec<String> = redis::cmd("ZRANGE").arg(set).arg(0).arg(-1).query(keyed)?;
+            alerted.extend(names);
+        }
+        alerted.sort();
+        alerted.dedup();
+        let (mut resolved, mut names) = (Vec::new(), Vec::new());
         for name in alerted {
             let Some((key, created_at)) = name.rsplit_once('|') else {
                 continue;
@@ -216,53 +354,91 @@ impl Alerter {
                 Some(r) if r.created_at.to_string() != created_at => {
                     "gone (replaced by a newer payment)".to_string()
                 }
-                Some(r) if r.status == "pending" => continue,
+                Some(r) if r.status == "pending" || r.status == "unknown" => continue,
                 Some(r) => r.status,
-                None => "gone (expired or deleted)".to_string(),
+                None => "gone (deleted)".to_string(),
             };
-            // Only the sidecar that moves it to the tombstones announces it.
-            let moved: i64 = resolve
+            resolved.push((key.to_string(), status));
+            names.push(name);
+        }
+        if !names.is_empty() {
+            let text = resolved_message(&resolved);
+            let queued: i64 = redis::Script::new(COMMIT_RESOLVED)
                 .key(ALERTED)
+                .key(UNKNOWN)
                 .key(RESOLVED)
-                .arg(&name)
+                .key(OUTBOX)
                 .arg(now)
                 .arg(now - TOMBSTONE_MS)
+                .arg(payload(&text))
+                .arg(&names)
                 .invoke(keyed)?;
-            if moved == 1 {
-                resolved.push((key.to_string(), status));
+            if queued == 1 {
+                info!("alert: {text}");
             }
         }
-        if !resolved.is_empty() {
-            info!("alerting: {} alerted payments resolved", resolved.len());
-            enqueue(keyed, &resolved_message(&resolved))?;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        Ok(())
+    }
+}
+
+/// Configuration alerts, raised by the workers as the problems are met and
+/// deduplicated in Redis (one per problem per repeat interval, across
+/// sidecars).
+pub struct ConfigAlerts {
+    topo: Arc<Topology>,
+    repeat: Duration,
+    conn: Mutex<Option<Box<dyn ConnectionLike + Send>>>,
+}
+
+impl ConfigAlerts {
+    pub fn new(topo: Arc<Topology>, repeat: Duration) -> ConfigAlerts {
+        ConfigAlerts {
+            topo,
+            repeat,
+            conn: Mutex::new(None),
+        }
     }
 
-    /// An immediate alert for payments the sidecar gave up on.
-    pub fn gave_up(
-        &self,
-        keyed: &mut dyn ConnectionLike,
-        gave_up: &[(Record, String)],
-    ) -> redis::RedisResult<()> {
-        if gave_up.is_empty() {
-            return Ok(());
+    fn raise(&self, problem: &str, key: &str) -> redis::RedisResult<bool> {
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let c = match guard.as_mut() {
+            Some(c) => c,
+            None => guard.insert(self.topo.keyed()?),
+        };
+        let text = config_message(problem, key, self.repeat);
+        let queued: redis::RedisResult<i64> = redis::Script::new(CONFIG_SCRIPT)
+            .key(CONFIG)
+            .key(OUTBOX)
+            .arg(problem)
+            .arg(now_ms())
+            .arg(self.repeat.as_millis() as u64)
+            .arg(payload(&text))
+            .invoke(c.as_mut());
+        match queued {
+            Ok(n) => {
+                if n == 1 {
+                    warn!("alert: {text}");
+                }
+                Ok(n == 1)
+            }
+            Err(e) => {
+                *guard = None;
+                Err(e)
+            }
         }
-        let mut text = format!(
-            ":x: {} payment(s) failed after too many attempts",
-            gave_up.len()
-        );
-        for (r, reason) in gave_up.iter().take(LISTED) {
-            text.push_str(&format!(
-                "\n• `{}` {} — {reason}",
-                r.key,
-                money(r.amount, &r.currency)
-            ));
+    }
+}
+
+impl Report for ConfigAlerts {
+    fn config_problem(&self, problem: &str, r: &Record) {
+        // The problem is met again at the next retry: a failed raise is
+        // raised again then.
+        if let Err(e) = self.raise(problem, &r.key) {
+            warn!("alerts: cannot queue the configuration alert ({problem}): {e}");
         }
-        if gave_up.len() > LISTED {
-            text.push_str(&format!("\n… and {} more", gave_up.len() - LISTED));
-        }
-        enqueue(keyed, &text)
     }
 }
 
@@ -442,5 +618,49 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("… and 2 more"));
+    }
+
+    #[test]
+    fn an_unknown_payment_is_alerted_with_what_to_do_about_it() {
+        let r = Record {
+            key: "payment:txn_1".into(),
+            transaction_id: "txn_1".into(),
+            amount: 2500,
+            currency: "EUR".into(),
+            status: "unknown".into(),
+            created_at: 0,
+            attempts: 3,
+            reason: "outcome unknown after 3 attempts: provider timed out".into(),
+            ..Record::default()
+        };
+        let text = unknown_message(&[r], &[], 7_200_000);
+        assert!(
+            text.starts_with(
+                ":warning: 1 payment(s) with an unknown outcome (1 new, 0 still unknown)"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("NOT marked failed"), "{text}");
+        assert!(
+            text.contains(
+                "• `payment:txn_1` 25.00 EUR — created 2h ago — outcome unknown after 3 attempts; check the provider, then `PAY.UPDATE payment:txn_1 succeeded|failed` — last answer: provider timed out"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_configuration_alert_names_the_problem_and_says_nothing_failed() {
+        let text = config_message(
+            "configuration error: the provider answered GET {bank-url}/payments/{id} 404",
+            "payment:txn_1",
+            Duration::from_secs(3600),
+        );
+        assert!(
+            text.contains("answered GET {bank-url}/payments/{id} 404"),
+            "{text}"
+        );
+        assert!(text.contains("`payment:txn_1`"), "{text}");
+        assert!(text.contains("none is failed"), "{text}");
     }
 }

@@ -30,6 +30,9 @@ pub struct Metrics {
     retries: Family<OutcomeLabels, Counter>,
     latency: Family<CallLabels, Histogram>,
     pub claims: Counter,
+    /// Provider answers that name a configuration problem (wrong URL,
+    /// credentials, a proxy's page).
+    pub config_errors: Counter,
     pub alerts_sent: Counter,
     pub rounds: Counter,
     /// Unix ms of the last round that reached Redis; 0: none yet.
@@ -49,7 +52,7 @@ impl Metrics {
         let retries = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "payments",
-            "Claimed payments handled, by outcome",
+            "Claimed payments handled, by outcome (succeeded, failed, retry, unknown, abandoned; fenced: the result was dropped because another worker claimed the payment since; resolved_elsewhere; write_error)",
             retries.clone(),
         );
         let latency = Family::<CallLabels, Histogram>::new_with_constructor(|| {
@@ -62,6 +65,12 @@ impl Metrics {
         );
         let claims = Counter::default();
         registry.register("claims", "Payments claimed", claims.clone());
+        let config_errors = Counter::default();
+        registry.register(
+            "provider_config_errors",
+            "Provider answers that name a configuration problem (never a verdict on a payment)",
+            config_errors.clone(),
+        );
         let alerts_sent = Counter::default();
         registry.register(
             "alerts_sent",
@@ -75,6 +84,7 @@ impl Metrics {
             retries,
             latency,
             claims,
+            config_errors,
             alerts_sent,
             rounds,
             last_ok: AtomicI64::new(0),

@@ -6,7 +6,38 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 500ms, 5s, 5m)"))
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e} (write durations like 500ms, 5s, 5m)"))
+}
+
+/// Comma-separated positive durations: `30s,2m,5m`.
+fn schedule(s: &str) -> Result<Schedule, String> {
+    let steps = s
+        .split(',')
+        .map(|step| {
+            let d = duration(step)?;
+            if d.is_zero() {
+                return Err(format!("'{}': a back-off must be positive", step.trim()));
+            }
+            Ok(d)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Schedule(steps))
+}
+
+/// The back-offs between attempts; the last one repeats.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Schedule(pub Vec<Duration>);
+
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let steps: Vec<String> = self
+            .0
+            .iter()
+            .map(|d| humantime::format_duration(*d).to_string())
+            .collect();
+        write!(f, "{}", steps.join(","))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -19,10 +50,12 @@ pub enum LogFormat {
 /// alerts Slack about payments that stay stuck.
 ///
 /// Each round (every --interval, or at once when the module publishes on
-/// `pay:stale`) it claims stale payments one at a time with
-/// `PAY.STUCK ... CLAIM`, asks the provider what happened (GET), re-sends only
-/// what the provider never saw (POST with the transaction id as
-/// Idempotency-Key), and writes the answer back with PAY.UPDATE.
+/// `pay:stale`) it claims stale payments one at a time with `PAY.CLAIM`,
+/// asks the provider what happened (GET), re-sends only what the provider
+/// never saw (POST with the transaction id as Idempotency-Key), and writes
+/// the answer back with a fenced PAY.UPDATE. Only a definite answer from the
+/// provider resolves a payment: after --max-attempts without one it becomes
+/// `unknown`, is never sent again, and is alerted until resolved.
 #[derive(Clone, Parser)]
 #[command(name = "pay-sidecar", version)]
 pub struct Options {
@@ -49,22 +82,34 @@ pub struct Options {
     #[arg(long, env = "PAY_INTERVAL", default_value = "5m", value_parser = duration)]
     pub interval: Duration,
 
-    /// How long a claim holds a payment; also the back-off between retries
-    /// of the same payment. Must exceed twice --timeout.
+    /// How long a claim holds a payment while the sidecar talks to the
+    /// provider about it. Must exceed twice --timeout.
     #[arg(long, env = "PAY_LEASE", default_value = "5m", value_parser = duration)]
     pub lease: Duration,
 
-    /// Payments pending longer than this are posted to Slack.
-    #[arg(long, env = "PAY_ALERT_AFTER", default_value = "10m", value_parser = duration)]
-    pub alert_after: Duration,
+    /// Payments unresolved longer than this are posted to Slack. Default:
+    /// the module's `pay.alert-after-ms` (read from INFO pay), else 10m.
+    #[arg(long, env = "PAY_ALERT_AFTER", value_parser = duration)]
+    pub alert_after: Option<Duration>,
 
     /// A payment still stuck is alerted again at most this often.
     #[arg(long, env = "PAY_ALERT_REPEAT", default_value = "1h", value_parser = duration)]
     pub alert_repeat: Duration,
 
-    /// After this many attempts a payment that still got only transient errors fails, with an alert.
+    /// After this many attempts without a definite answer from the provider,
+    /// the payment becomes `unknown` (never `failed`) and is alerted.
     #[arg(long, env = "PAY_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
+
+    /// Back-off before the next attempt after attempt 1, 2, ...; the last
+    /// one repeats (e.g. 30s,2m,5m).
+    #[arg(long, env = "PAY_RETRY_SCHEDULE", default_value = "5m", value_parser = schedule)]
+    pub retry_schedule: Schedule,
+
+    /// How often an `unknown` payment is asked about again (GET only: it is
+    /// never re-sent).
+    #[arg(long, env = "PAY_UNKNOWN_INTERVAL", default_value = "1h", value_parser = duration)]
+    pub unknown_interval: Duration,
 
     /// Provider calls in flight at once (per primary).
     #[arg(long, env = "PAY_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -105,8 +150,11 @@ impl Options {
                 humantime::format_duration(self.timeout)
             ));
         }
-        if self.interval.is_zero() || self.alert_repeat.is_zero() {
-            return Err("--interval and --alert-repeat must be positive".into());
+        if self.interval.is_zero() || self.alert_repeat.is_zero() || self.unknown_interval.is_zero()
+        {
+            return Err(
+                "--interval, --alert-repeat and --unknown-interval must be positive".into(),
+            );
         }
         Ok(())
     }
@@ -132,8 +180,38 @@ mod tests {
         let o =
             Options::try_parse_from(["pay-sidecar", "--bank-url", "http://127.0.0.1:1"]).unwrap();
         assert_eq!(o.interval, Duration::from_secs(300));
-        assert_eq!(o.alert_after, Duration::from_secs(600));
+        assert_eq!(o.alert_after, None, "the module's value is used");
+        assert_eq!(o.retry_schedule, Schedule(vec![Duration::from_secs(300)]));
+        assert_eq!(o.unknown_interval, Duration::from_secs(3600));
         assert!(o.validate().is_ok());
+    }
+
+    #[test]
+    fn a_retry_schedule_reads_as_comma_separated_durations() {
+        let o = Options::try_parse_from([
+            "pay-sidecar",
+            "--bank-url",
+            "x",
+            "--retry-schedule",
+            "30s, 2m,5m",
+        ])
+        .unwrap();
+        let s = &o.retry_schedule;
+        assert_eq!(s.0, [30, 120, 300].map(Duration::from_secs).to_vec(), "{s}");
+        assert_eq!(s.to_string(), "30s,2m,5m");
+        for bad in ["", "5m,,1h", "0s", "soon"] {
+            assert!(
+                Options::try_parse_from([
+                    "pay-sidecar",
+                    "--bank-url",
+                    "x",
+                    "--retry-schedule",
+                    bad
+                ])
+                .is_err(),
+                "{bad:?} accepted"
+            );
+        }
     }
 
     #[test]

@@ -11,7 +11,11 @@ use redis::{Client, ConnectionAddr, ConnectionLike, Value};
 /// A payment record as PAY.* returns it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Record {
+    /// The full Redis key: what every Redis command names.
     pub key: String,
+    /// The key without the module's `pay.key-prefix`: what the provider
+    /// knows (URL, Idempotency-Key, body).
+    pub transaction_id: String,
     pub user_id: String,
     pub amount: i64,
     pub currency: String,
@@ -52,8 +56,14 @@ pub fn parse_record(v: &Value) -> Option<Record> {
     let f: BTreeMap<String, String> = pairs.into_iter().collect();
     let get = |name: &str| f.get(name).cloned().unwrap_or_default();
     let num = |name: &str| f.get(name).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+    let transaction_id = f.get("transaction_id")?.clone();
     Some(Record {
-        key: f.get("transaction_id")?.clone(),
+        // A module before contract v2 has no `key` field: its key is the id.
+        key: f
+            .get("key")
+            .cloned()
+            .unwrap_or_else(|| transaction_id.clone()),
+        transaction_id,
         user_id: get("user_id"),
         amount: num("amount"),
         currency: get("currency"),
@@ -92,26 +102,31 @@ impl Node {
     }
 }
 
-/// Leases up to `count` stale payments (created at least `pay.stale-after-ms`
-/// ago) to `consumer` for `lease`.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// PAY.CLAIM consumer LEASE ms COUNT n: leases up to `count` stale
+/// unresolved payments to `consumer` for `lease`; each reply counts the
+/// attempt this claim is.
 pub fn claim(
     c: &mut dyn ConnectionLike,
     consumer: &str,
     count: usize,
     lease: Duration,
 ) -> redis::RedisResult<Vec<Record>> {
-    let v: Value = redis::cmd("PAY.STUCK")
-        .arg("COUNT")
-        .arg(count)
-        .arg("CLAIM")
+    let v: Value = redis::cmd("PAY.CLAIM")
         .arg(consumer)
         .arg("LEASE")
-        .arg(lease.as_millis() as u64)
+        .arg(millis(lease))
+        .arg("COUNT")
+        .arg(count)
         .query(c)?;
     Ok(records(v))
 }
 
-/// Pending payments created at least `older` ago (no claim).
+/// Unresolved (`pending` and `unknown`) payments created at least `older`
+/// ago, oldest first (read-only).
 pub fn stuck(
     c: &mut dyn ConnectionLike,
     older: Duration,
@@ -119,28 +134,44 @@ pub fn stuck(
 ) -> redis::RedisResult<Vec<Record>> {
     let v: Value = redis::cmd("PAY.STUCK")
         .arg("OLDER")
-        .arg(older.as_millis() as u64)
+        .arg(millis(older))
         .arg("COUNT")
         .arg(count)
         .query(c)?;
     Ok(records(v))
 }
 
-/// PAY.UPDATE key status [REASON text] [REF provider_ref]
+/// The options of one PAY.UPDATE.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Change<'a> {
+    pub reason: Option<&'a str>,
+    pub reference: Option<&'a str>,
+    /// Not claimable again for this long (with `pending`/`unknown`).
+    pub retry: Option<Duration>,
+    /// Applies only if the record's attempts are still this (the claim's).
+    pub fence: Option<u32>,
+}
+
+/// PAY.UPDATE key status [REASON text] [REF provider_ref] [RETRY ms] [FENCE n]
 pub fn update(
     c: &mut dyn ConnectionLike,
     key: &str,
     status: &str,
-    reason: Option<&str>,
-    reference: Option<&str>,
+    change: &Change,
 ) -> redis::RedisResult<Record> {
     let mut cmd = redis::cmd("PAY.UPDATE");
     cmd.arg(key).arg(status);
-    if let Some(r) = reason {
+    if let Some(r) = change.reason {
         cmd.arg("REASON").arg(truncate(r, 1024));
     }
-    if let Some(r) = reference.filter(|r| !r.is_empty()) {
+    if let Some(r) = change.reference.filter(|r| !r.is_empty()) {
         cmd.arg("REF").arg(truncate(r, 255));
+    }
+    if let Some(d) = change.retry {
+        cmd.arg("RETRY").arg(millis(d).max(1));
+    }
+    if let Some(n) = change.fence {
+        cmd.arg("FENCE").arg(n);
     }
     let v: Value = cmd.query(c)?;
     parse_record(&v).ok_or_else(|| {
@@ -152,6 +183,30 @@ pub fn update(
 pub fn check(c: &mut dyn ConnectionLike, key: &str) -> redis::RedisResult<Option<Record>> {
     let v: Value = redis::cmd("PAY.CHECK").arg(key).query(c)?;
     Ok(parse_record(&v))
+}
+
+/// An error as Redis wrote it (`WRONGTYPE Operation against ...`), for logs:
+/// the client library's own rendering names some codes differently.
+pub fn error_text(e: &redis::RedisError) -> String {
+    match (e.code(), e.detail()) {
+        (Some(code), Some(detail)) => format!("{code} {detail}"),
+        (Some(code), None) => code.to_string(),
+        _ => e.to_string(),
+    }
+}
+
+/// The module's own thresholds, from `INFO pay` (contract v2 lists
+/// `pay_alert_after_ms`): None when INFO cannot be read or lacks it.
+pub fn alert_after(c: &mut dyn ConnectionLike) -> Option<Duration> {
+    let info: String = redis::cmd("INFO").arg("pay").query(c).ok()?;
+    info_ms(&info, "pay_alert_after_ms")
+}
+
+fn info_ms(info: &str, field: &str) -> Option<Duration> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_millis)
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a char boundary.
@@ -264,12 +319,43 @@ mod tests {
         ]);
         let r = parse_record(&flat).unwrap();
         assert_eq!((r.key.as_str(), r.amount, r.attempts), ("t1", 1000, 2));
+        assert_eq!(r.transaction_id, "t1");
         let map = Value::Map(vec![(
             Value::BulkString(b"transaction_id".to_vec()),
             Value::BulkString(b"t2".to_vec()),
         )]);
         assert_eq!(parse_record(&map).unwrap().key, "t2");
         assert_eq!(parse_record(&Value::Nil), None);
+    }
+
+    #[test]
+    fn the_key_and_the_transaction_id_are_kept_apart() {
+        let flat = Value::Array(
+            [
+                "transaction_id",
+                "txn_1",
+                "attempts",
+                "3",
+                "key",
+                "payment:txn_1",
+            ]
+            .iter()
+            .map(|s| Value::BulkString(s.as_bytes().to_vec()))
+            .collect(),
+        );
+        let r = parse_record(&flat).unwrap();
+        assert_eq!(r.key, "payment:txn_1");
+        assert_eq!(r.transaction_id, "txn_1");
+    }
+
+    #[test]
+    fn reads_thresholds_from_info() {
+        let info = "# pay\r\npay_alert_after_msx:1\r\npay_alert_after_ms:600000\r\n";
+        assert_eq!(
+            info_ms(info, "pay_alert_after_ms"),
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(info_ms(info, "pay_stale_after_ms"), None);
     }
 
     #[test]

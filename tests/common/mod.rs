@@ -398,7 +398,8 @@ pub fn all_keys(c: &mut Connection) -> BTreeSet<String> {
 }
 
 /// The invariant behind every index test: in database `db`, PAY.STUCK OLDER 0
-/// lists exactly the pending records a keyspace scan finds, each once, and
+/// lists exactly the unresolved (pending and unknown) records a keyspace scan
+/// finds, each once, oldest first and equal ages by key, and
 /// INFO's per-status counts (over `dbs`) match the records there.
 pub fn assert_index_exact(c: &mut Connection, dbs: &[i64]) {
     let mut totals = BTreeMap::<String, i64>::new();
@@ -412,22 +413,22 @@ pub fn assert_index_exact(c: &mut Connection, dbs: &[i64]) {
                 continue;
             }
             let r = record(&v);
-            assert_eq!(r["transaction_id"], key);
+            assert_eq!(r["key"], key);
             *totals.entry(r["status"].clone()).or_default() += 1;
-            if r["status"] == "pending" {
+            if r["status"] == "pending" || r["status"] == "unknown" {
                 pending.insert(key);
             }
         }
         let listed = stuck_records(c);
-        let ages: Vec<i64> = listed
+        let ages: Vec<(i64, String)> = listed
             .iter()
-            .map(|r| r["created_at"].parse().unwrap())
+            .map(|r| (r["created_at"].parse().unwrap(), r["key"].clone()))
             .collect();
         assert!(
             ages.windows(2).all(|w| w[0] <= w[1]),
-            "db {db}: not oldest first: {ages:?}"
+            "db {db}: not oldest first, then by key: {ages:?}"
         );
-        let listed: Vec<String> = listed.iter().map(|r| r["transaction_id"].clone()).collect();
+        let listed: Vec<String> = listed.iter().map(|r| r["key"].clone()).collect();
         let listed_set: BTreeSet<String> = listed.iter().cloned().collect();
         assert_eq!(
             listed.len(),
@@ -440,7 +441,7 @@ pub fn assert_index_exact(c: &mut Connection, dbs: &[i64]) {
         );
     }
     select(c, 0);
-    for status in ["pending", "succeeded", "failed"] {
+    for status in ["pending", "unknown", "succeeded", "failed"] {
         assert_eq!(
             info_field(c, &format!("records_{status}")),
             totals.get(status).copied().unwrap_or(0),
@@ -630,6 +631,177 @@ pub fn timed_mass_sweep(
     (took, pinger.finish())
 }
 
+/// `PAY.CLAIM consumer LEASE lease_ms OLDER 0 COUNT count`: the records leased.
+pub fn claim(
+    c: &mut Connection,
+    consumer: &str,
+    count: usize,
+    lease_ms: u64,
+) -> Vec<BTreeMap<String, String>> {
+    let v: Value = redis::cmd("PAY.CLAIM")
+        .arg(consumer)
+        .arg("LEASE")
+        .arg(lease_ms)
+        .arg("OLDER")
+        .arg(0)
+        .arg("COUNT")
+        .arg(count)
+        .query(c)
+        .unwrap();
+    match v {
+        Value::Array(items) => items.iter().map(record).collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// PEXPIRETIME of a key (-1: none, -2: no key).
+pub fn pexpiretime(c: &mut Connection, key: &str) -> i64 {
+    redis::cmd("PEXPIRETIME").arg(key).query(c).unwrap()
+}
+
+/// The server's product and version from INFO server: ("valkey", (9, 1)) or
+/// ("redis", (7, 0)). Valkey also reports a `redis_version` (7.2.4): its own
+/// `valkey_version` wins.
+pub fn server_version(c: &mut Connection) -> (&'static str, (u32, u32)) {
+    let info: String = redis::cmd("INFO").arg("server").query(c).unwrap();
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    let (kind, version) = match field("valkey_version:") {
+        Some(v) => ("valkey", v),
+        None => ("redis", field("redis_version:").unwrap_or_default()),
+    };
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (kind, (parts.next().unwrap_or(0), parts.next().unwrap_or(0)))
+}
+
+/// Starts a server with cluster mode on (and the module's defaults), not yet
+/// part of any cluster.
+pub fn new_cluster_node() -> Server {
+    Server::with(
+        Opts::new()
+            .config("cluster-enabled", "yes")
+            .config("cluster-config-file", "nodes.conf")
+            .config("cluster-node-timeout", "5000"),
+    )
+}
+
+/// `CLUSTER MYID`.
+pub fn node_id(s: &Server) -> String {
+    redis::cmd("CLUSTER")
+        .arg("MYID")
+        .query(&mut s.conn())
+        .unwrap()
+}
+
+/// Makes one cluster of `nodes`, primaries all, node i serving the slots
+/// `ranges[i]` (inclusive), and waits until every node says the cluster is
+/// ok.
+pub fn form_cluster(nodes: &[&Server], ranges: &[(u16, u16)]) {
+    assert_eq!(nodes.len(), ranges.len());
+    for (n, (first, last)) in nodes.iter().zip(ranges) {
+        let _: () = redis::cmd("CLUSTER")
+            .arg("ADDSLOTSRANGE")
+            .arg(first)
+            .arg(last)
+            .query(&mut n.conn())
+            .unwrap();
+    }
+    for n in &nodes[1..] {
+        let _: () = redis::cmd("CLUSTER")
+            .arg("MEET")
+            .arg("127.0.0.1")
+            .arg(n.port)
+            .query(&mut nodes[0].conn())
+            .unwrap();
+    }
+    for n in nodes {
+        let mut c = n.conn();
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut c).unwrap();
+                info.contains("cluster_state:ok")
+                    && info.contains(&format!("cluster_known_nodes:{}", nodes.len()))
+            }),
+            "cluster did not come up"
+        );
+    }
+}
+
+/// `CLUSTER KEYSLOT key`.
+pub fn key_slot(c: &mut Connection, key: &str) -> u16 {
+    redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query(c)
+        .unwrap()
+}
+
+/// `n` key names `{prefix}{i}` whose hash slots lie in `first..=last`.
+pub fn keys_in_slots(
+    c: &mut Connection,
+    prefix: &str,
+    first: u16,
+    last: u16,
+    n: usize,
+) -> Vec<String> {
+    let mut keys = Vec::with_capacity(n);
+    for i in 0.. {
+        if keys.len() == n {
+            break;
+        }
+        let key = format!("{prefix}{i}");
+        if (first..=last).contains(&key_slot(c, &key)) {
+            keys.push(key);
+        }
+    }
+    keys
+}
+
+/// Moves `slot` and its keys from `from` to `to` the way resharding did
+/// before Valkey 9 (and `redis-cli --cluster reshard` still does): IMPORTING
+/// and MIGRATING, MIGRATE of the keys in batches, then the new owner on both.
+pub fn migrate_slot_by_keys(from: &Server, to: &Server, slot: u16) {
+    let (mut f, mut t) = (from.conn(), to.conn());
+    let (from_id, to_id) = (node_id(from), node_id(to));
+    let setslot = |c: &mut Connection, state: &str, id: &str| {
+        let _: () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg(state)
+            .arg(id)
+            .query(c)
+            .unwrap();
+    };
+    setslot(&mut t, "IMPORTING", &from_id);
+    setslot(&mut f, "MIGRATING", &to_id);
+    loop {
+        let keys: Vec<String> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot)
+            .arg(100)
+            .query(&mut f)
+            .unwrap();
+        if keys.is_empty() {
+            break;
+        }
+        let _: () = redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(to.port)
+            .arg("")
+            .arg(0)
+            .arg(10_000)
+            .arg("KEYS")
+            .arg(&keys)
+            .query(&mut f)
+            .unwrap();
+    }
+    setslot(&mut t, "NODE", &to_id);
+    setslot(&mut f, "NODE", &to_id);
+}
+
 // ---------------------------------------------------------------------------
 // Module safety (issue 11): payloads, binary-safe snapshots, server versions.
 // ---------------------------------------------------------------------------
@@ -689,19 +861,9 @@ pub fn info_str(c: &mut Connection, section: &str, field: &str) -> Option<String
         .map(|v| v.trim().to_string())
 }
 
-/// The server: "redis" or "valkey", with its major and minor version.
-pub fn server_kind(c: &mut Connection) -> (&'static str, u32, u32) {
-    let (name, version) = match info_str(c, "server", "valkey_version") {
-        Some(v) => ("valkey", v),
-        None => ("redis", info_str(c, "server", "redis_version").unwrap()),
-    };
-    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    (name, parts.next().unwrap_or(0), parts.next().unwrap_or(0))
-}
-
 /// Redis 8.0 and later have the `internal` command flag.
 pub fn has_internal_command_flag(c: &mut Connection) -> bool {
-    let (name, major, _) = server_kind(c);
+    let (name, (major, _)) = server_version(c);
     name == "redis" && major >= 8
 }
 
@@ -856,4 +1018,32 @@ fn redismodule_h_dir() -> PathBuf {
                 registry.display()
             )
         })
+}
+
+/// A RESTORE payload holding the record `blob` (the codec's bytes): how a
+/// test writes a record no command could, now that PAY.LOAD refuses
+/// clients. The module id and RDB version come from a DUMP of a scratch
+/// payment, created and deleted here.
+pub fn record_payload(c: &mut Connection, blob: &[u8]) -> Vec<u8> {
+    let scratch = "__record_payload_scratch__";
+    cache(c, scratch, "u", 1, "USD");
+    let model = dump(c, scratch.as_bytes()).expect("DUMP of a payment");
+    let _: () = redis::cmd("DEL").arg(scratch).query(c).unwrap();
+    let (value, version) = split_payload(&model);
+    // Type (module, encoding 2), 0x81 and the 8-byte module id; then the
+    // record as one string (opcode 5, RDB length, bytes) and the EOF opcode.
+    let mut v = value[..10].to_vec();
+    v.push(5);
+    let n = blob.len();
+    if n < 64 {
+        v.push(n as u8);
+    } else if n < 16_384 {
+        v.extend_from_slice(&[0x40 | (n >> 8) as u8, n as u8]);
+    } else {
+        v.push(0x80);
+        v.extend_from_slice(&(n as u32).to_be_bytes());
+    }
+    v.extend_from_slice(blob);
+    v.push(0);
+    seal_payload(&v, version)
 }
