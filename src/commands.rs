@@ -306,6 +306,9 @@ pub fn load(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         key.expire_at(at);
     }
     ctx.replicate_verbatim();
+    // Closed before the event: a handler may delete the key, and closing a
+    // key whose value is gone reads freed memory (Valkey reads its type).
+    drop(key);
     store::notify(ctx, c"pay.load", name);
     stats::LOADS.incr();
     Ok(RedisValue::SimpleStringStatic("OK"))
