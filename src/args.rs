@@ -224,7 +224,9 @@ pub fn parse_load<'a>(args: &[&'a [u8]]) -> Result<LoadArgs<'a>, PayError> {
     let [key, blob, rest @ ..] = args else {
         return Err(PayError::Arity("PAY.LOAD"));
     };
-    let key = parse_key(key)?;
+    // Key rules bind the application (PAY.CACHE), not records in transit:
+    // any name Redis lets a payment live under is replayed as it is.
+    let key: &'a [u8] = key;
     let mut expire_at = None;
     let mut opts = Options::new(rest);
     while let Some(name) = opts.next_name()? {
@@ -603,6 +605,14 @@ mod tests {
         assert_eq!(a.expire_at, Some(1_700_000_000_000));
         assert!(parse_load(&[b"k"]).is_err());
         assert!(parse_load(&[b"k", b"b", b"PXAT", b"0"]).is_err());
+    }
+
+    #[test]
+    fn load_takes_any_key_redis_holds() {
+        let long = [b'x'; 300];
+        for key in [&long[..], b"tab\there", b"bin\x00\xff\r\n", b""] {
+            assert_eq!(parse_load(&[key, b"blob"]).unwrap().key, key);
+        }
     }
 
     #[test]

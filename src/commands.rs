@@ -4,7 +4,7 @@
 use std::ffi::{c_char, c_long};
 use std::ptr;
 
-use redis_module::{raw, Context, RedisError, RedisResult, RedisString, RedisValue};
+use redis_module::{raw, Context, ContextFlags, RedisError, RedisResult, RedisString, RedisValue};
 
 use crate::acl::{Access, Caller};
 use crate::args::{self, StuckArgs};
@@ -274,8 +274,17 @@ pub fn claim(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 }
 
 /// `PAY.LOAD key blob [PXAT unix-ms]`: applies a record exactly as the
-/// primary wrote it. Replication and AOF use it; applications do not.
+/// primary wrote it. Internal: only the replication link and an AOF being
+/// loaded may run it, never a client (nor its MULTI, script or function).
+/// The key is taken as it is: whatever name Redis let the record live
+/// under (RENAME, COPY, RESTORE) travels unchanged.
 pub fn load(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let flags = ctx.get_flags();
+    if !flags.intersects(ContextFlags::REPLICATED | ContextFlags::LOADING) {
+        return Err(fail(PayError::arg(
+            "PAY.LOAD is internal: only replication and AOF loading may run it",
+        )));
+    }
     let argv = argv(&args);
     let a = args::parse_load(&argv).map_err(fail)?;
     let rec = codec::decode(a.key, a.blob).map_err(|e| fail(PayError::arg(e.to_string())))?;
@@ -297,6 +306,9 @@ pub fn load(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         key.expire_at(at);
     }
     ctx.replicate_verbatim();
+    // Closed before the event: a handler may delete the key, and closing a
+    // key whose value is gone reads freed memory (Valkey reads its type).
+    drop(key);
     store::notify(ctx, c"pay.load", name);
     stats::LOADS.incr();
     Ok(RedisValue::SimpleStringStatic("OK"))
