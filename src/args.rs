@@ -99,7 +99,9 @@ pub fn parse_check<'a>(args: &[&'a [u8]]) -> Result<CheckArgs<'a>, PayError> {
     let [key, rest @ ..] = args else {
         return Err(PayError::Arity("PAY.CHECK"));
     };
-    let key = parse_key(key)?;
+    // Any key Redis lets a payment live under (RENAME, RESTORE): the
+    // key rules bind only PAY.CACHE, where payments are created.
+    let key: &[u8] = key;
     let mut json = false;
     let mut opts = Options::new(rest);
     while let Some(name) = opts.next_name()? {
@@ -116,7 +118,9 @@ pub fn parse_update<'a>(args: &[&'a [u8]]) -> Result<UpdateArgs<'a>, PayError> {
     let [key, status, rest @ ..] = args else {
         return Err(PayError::Arity("PAY.UPDATE"));
     };
-    let key = parse_key(key)?;
+    // Any key Redis lets a payment live under (RENAME, RESTORE): the
+    // key rules bind only PAY.CACHE, where payments are created.
+    let key: &[u8] = key;
     let status = Status::parse(status).ok_or_else(|| {
         PayError::arg("status must be one of pending, succeeded, failed, unknown")
     })?;

@@ -65,7 +65,7 @@ pub fn cache(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             stats::CREATED.incr();
             reply_cached(ctx, &p.rec, "created", a.brief);
             // Last: after the event, another module may have changed the key.
-            publish(ctx, name, &p.rec, None, c"pay.cache");
+            publish(ctx, key, name, None, c"pay.cache");
             Ok(RedisValue::NoReply)
         }
     }
@@ -121,7 +121,7 @@ pub fn update(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     stats::UPDATES.incr();
     reply_record(ctx, &p.rec, None);
     // Last: after the event, another module may have changed the key.
-    publish(ctx, name, &p.rec, expire_at, c"pay.update");
+    publish(ctx, key, name, expire_at, c"pay.update");
     Ok(RedisValue::NoReply)
 }
 
@@ -258,7 +258,7 @@ pub fn claim(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                     sent += 1;
                     // Last: after the event, another module may have
                     // changed the key; the next entry is found afresh.
-                    publish(ctx, &name, &p.rec, None, c"pay.claim");
+                    publish(ctx, key, &name, None, c"pay.claim");
                 }
                 // Expired as it was opened: not an index error.
                 Ok(None) => {}

@@ -664,12 +664,15 @@ unsafe extern "C" fn on_swapdb(
     index().swap_db(info.dbnum_first, info.dbnum_second);
 }
 
-/// Every write's companions: replicate the exact record the primary chose
-/// (with its absolute expiry, when it was set now) and announce the change.
+/// Every write's companions, in the only safe order: replicate the exact
+/// record the primary chose (with its absolute expiry, when it was set now),
+/// close the key, and only then announce the change. Nothing may touch the
+/// record after the event: another module's handler may delete it, and
+/// closing the key would read the freed value.
 pub fn publish(
     ctx: &Context,
-    key: &RedisString,
-    rec: &Record,
+    key: PayKey,
+    name: &RedisString,
     expire_at: Option<i64>,
     event: &CStr,
 ) {
@@ -678,11 +681,14 @@ pub fn publish(
         static BLOB: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     BLOB.with_borrow_mut(|blob| {
-        blob.clear();
-        codec::encode_into(rec, blob);
-        replicate(ctx, key, blob, expire_at);
+        if let Ok(Some(p)) = key.payment() {
+            blob.clear();
+            codec::encode_into(&p.rec, blob);
+            replicate(ctx, name, blob, expire_at);
+        }
     });
-    notify(ctx, event, key);
+    drop(key);
+    notify(ctx, event, name);
 }
 
 /// Raises a keyspace event of the module class.

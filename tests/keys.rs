@@ -230,3 +230,39 @@ fn odd_keys_survive_aof_rewrite_and_reload_with_and_without_preamble() {
         assert!(!s.log().contains("CRITICAL"), "{}", s.log());
     }
 }
+
+#[test]
+fn a_payment_under_any_key_can_be_read_and_resolved() {
+    let s = Server::start();
+    let mut c = s.conn();
+    for (i, odd) in odd_keys().into_iter().enumerate() {
+        let ok = format!("ok:{i}");
+        cache(&mut c, &ok, "u", 1, "EUR");
+        let _: () = redis::cmd("RENAME")
+            .arg(&ok)
+            .arg(&odd)
+            .query(&mut c)
+            .unwrap();
+        let v: Value = redis::cmd("PAY.CHECK").arg(&odd).query(&mut c).unwrap();
+        assert_eq!(record(&v)["status"], "pending", "key {odd:?}");
+        let v: Value = redis::cmd("PAY.UPDATE")
+            .arg(&odd)
+            .arg("succeeded")
+            .arg("REF")
+            .arg("ch_1")
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(record(&v)["status"], "succeeded", "key {odd:?}");
+    }
+    assert_eq!(info_field(&mut c, "records_pending"), 0);
+    assert_eq!(
+        info_field(&mut c, "records_succeeded"),
+        odd_keys().len() as i64
+    );
+    let listed: Value = redis::cmd("PAY.STUCK")
+        .arg("OLDER")
+        .arg(0)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(listed, Value::Array(vec![]));
+}
