@@ -12,11 +12,13 @@
 //! 6. PAY.CLAIM COUNT 1 with 300,000 payments under lease against none.
 //! 7. The server's instructions per call under callgrind, every command
 //!    against its baseline (see `callgrind/mod.rs`).
+//! 8. End to end at pipeline 1 with redis-benchmark, a C client.
 //!
 //! Environment: BENCH_RECORDS (default 1000000), BENCH_OPS (default 100000),
 //! BENCH_CG_CALLS and BENCH_CG_LEASED (section 7), BENCH_ONLY (e.g. `2,4`:
 //! only those sections, printed, BENCHMARKS.md untouched).
 
+mod c_client;
 mod callgrind;
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -743,6 +745,12 @@ fn main() {
     if want(7) {
         println!("7. instructions per call (callgrind) ...");
         callgrind::section(&mut md);
+    }
+
+    // 8. End to end with a C client.
+    if want(8) {
+        println!("8. pipeline 1 with redis-benchmark ...");
+        c_client::section(&mut md, ops);
     }
 
     if only.is_some() {
