@@ -27,14 +27,52 @@ fn argv(args: &[RedisString]) -> Vec<&[u8]> {
     args.iter().skip(1).map(RedisString::as_slice).collect()
 }
 
+/// More arguments than any well-formed PAY.* call has (PAY.UPDATE with every
+/// option: 10).
+const INLINE_ARGS: usize = 12;
+
+/// The arguments after the command name, as bytes, on the stack: a vector
+/// would cost an allocation and a free on every call. Only a call too long
+/// to be valid goes to the heap (and fails parsing).
+struct Argv<'a> {
+    inline: [&'a [u8]; INLINE_ARGS],
+    len: usize,
+    heap: Vec<&'a [u8]>,
+}
+
+impl<'a> Argv<'a> {
+    // Inlined: built in the caller's frame, not copied into it.
+    #[inline(always)]
+    fn of(args: &'a [RedisString]) -> Argv<'a> {
+        let rest = args.get(1..).unwrap_or_default();
+        let mut argv = Argv {
+            inline: [&[]; INLINE_ARGS],
+            len: rest.len(),
+            heap: Vec::new(),
+        };
+        if rest.len() <= INLINE_ARGS {
+            for (slot, arg) in argv.inline.iter_mut().zip(rest) {
+                *slot = arg.as_slice();
+            }
+        } else {
+            argv.heap = rest.iter().map(RedisString::as_slice).collect();
+        }
+        argv
+    }
+
+    fn get(&self) -> &[&'a [u8]] {
+        self.inline.get(..self.len).unwrap_or(&self.heap[..])
+    }
+}
+
 fn key_arg(args: &[RedisString]) -> Result<&RedisString, RedisError> {
     args.get(1).ok_or_else(|| fail(PayError::Arity("PAY")))
 }
 
 /// `PAY.CACHE key user_id amount currency [TTL seconds] [BRIEF]`
 pub fn cache(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    let argv = argv(&args);
-    let a = args::parse_cache(&argv).map_err(fail)?;
+    let argv = Argv::of(&args);
+    let a = args::parse_cache(argv.get()).map_err(fail)?;
     let name = key_arg(&args)?;
     let key = PayKey::open(ctx, name, true);
     match key.payment().map_err(fail)? {
@@ -73,8 +111,8 @@ pub fn cache(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 
 /// `PAY.CHECK key [JSON]`
 pub fn check(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    let argv = argv(&args);
-    let a = args::parse_check(&argv).map_err(fail)?;
+    let argv = Argv::of(&args);
+    let a = args::parse_check(argv.get()).map_err(fail)?;
     let key = PayKey::open(ctx, key_arg(&args)?, false);
     match key.payment().map_err(fail)? {
         None => Ok(RedisValue::Null),
@@ -90,8 +128,8 @@ pub fn check(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 
 /// `PAY.UPDATE key status [REASON text] [REF ref] [RETRY ms] [FENCE n]`
 pub fn update(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    let argv = argv(&args);
-    let a = args::parse_update(&argv).map_err(fail)?;
+    let argv = Argv::of(&args);
+    let a = args::parse_update(argv.get()).map_err(fail)?;
     let name = key_arg(&args)?;
     let key = PayKey::open(ctx, name, true);
     let Some(p) = key.payment().map_err(fail)? else {
@@ -131,8 +169,8 @@ pub fn update(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 /// ages are ordered by key, so the primary, its replicas and a restarted
 /// server list the same. Only keys the caller may read are listed.
 pub fn stuck(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    let argv = argv(&args);
-    let a: StuckArgs = args::parse_stuck(&argv).map_err(fail)?;
+    let argv = Argv::of(&args);
+    let a: StuckArgs = args::parse_stuck(argv.get()).map_err(fail)?;
     let caller = Caller::of(ctx).map_err(fail)?;
     let older = a.older_ms.unwrap_or_else(|| config::STALE_AFTER_MS.get());
     // OLDER 0 is everything, even a record dated ahead of this server's
@@ -200,8 +238,8 @@ pub fn stuck(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 /// apart by the index, so this costs O(log N + k) however many are leased.
 /// Only keys the caller may write are leased.
 pub fn claim(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    let argv = argv(&args);
-    let a = args::parse_claim(&argv).map_err(fail)?;
+    let argv = Argv::of(&args);
+    let a = args::parse_claim(argv.get()).map_err(fail)?;
     let caller = Caller::of(ctx).map_err(fail)?;
     let now = now_ms();
     let (stale_cutoff, fresh_cutoff) = match a.older_ms {
