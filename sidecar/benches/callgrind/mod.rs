@@ -23,7 +23,7 @@
 //!
 //! Environment: BENCH_CG_CALLS (calls per case, default 4000),
 //! BENCH_CG_LEASED (payments under lease for the PAY.CLAIM case, default
-//! 300000).
+//! 300000), BENCH_CG_CASES (e.g. `get,check-json`: only those cases).
 
 use std::fmt::Write as _;
 use std::net::TcpListener;
@@ -838,7 +838,14 @@ pub fn section(md: &mut String) {
             .query(&mut c)
             .unwrap()
     };
-    let cases = cases(calls, leased, sha);
+    let only = std::env::var("BENCH_CG_CASES").ok();
+    let cases: Vec<Case> = cases(calls, leased, sha)
+        .into_iter()
+        .filter(|c| {
+            only.as_ref()
+                .is_none_or(|o| o.split(',').any(|s| s == c.slug))
+        })
+        .collect();
     let mut results: Vec<(&Case, Profile)> = Vec::new();
     for case in &cases {
         println!("   {} ...", case.slug);
@@ -878,6 +885,9 @@ pub fn section(md: &mut String) {
     writeln!(md, "| --- | ---: | --- |").unwrap();
     for t in TARGETS {
         let ratio = per(t.candidate) / per(t.baseline);
+        if ratio.is_nan() {
+            continue;
+        }
         let goal = t.goal.map_or(String::new(), |(limit, at_most)| {
             if at_most {
                 format!("at most {limit}: {}", verdict(ratio <= limit))
