@@ -25,6 +25,7 @@
 //! BENCH_CG_LEASED (payments under lease for the PAY.CLAIM case, default
 //! 300000), BENCH_CG_CASES (e.g. `get,check-json`: only those cases).
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -267,13 +268,17 @@ struct Profile {
     per_call: f64,
     /// The timers' instructions, excluded (for the record).
     timers: u64,
+    calls: usize,
+    /// Inclusive instructions of each function of the server (C symbols, as
+    /// callgrind_annotate names them `???:name`).
+    server_fns: HashMap<String, u64>,
 }
 
 impl Profile {
     /// Reads a dump with callgrind_annotate's inclusive costs.
     fn read(file: &Path, calls: usize) -> Profile {
         let out = Command::new("callgrind_annotate")
-            .args(["--inclusive=yes", "--threshold=100"])
+            .args(["--inclusive=yes", "--threshold=100", "--auto=no"])
             .arg(file)
             .output()
             .expect("run callgrind_annotate");
@@ -286,24 +291,104 @@ impl Profile {
                 .unwrap_or(0)
         };
         let mut total = 0;
-        let mut timers = 0;
+        let mut server_fns = HashMap::new();
         for line in text.lines() {
             if line.contains("PROGRAM TOTALS") {
                 total = cost(line);
-            } else if [":serverCron ", ":moduleTimerHandler "]
-                .iter()
-                .any(|f| line.contains(f))
-            {
-                timers += cost(line);
+            } else if let Some((_, name)) = line.split_once("  ???:") {
+                let name = name.split(' ').next().unwrap_or_default();
+                *server_fns.entry(name.to_string()).or_default() += cost(line);
             }
         }
         assert!(total > 0, "no totals in {}", file.display());
+        let timers = ["serverCron", "moduleTimerHandler"]
+            .iter()
+            .map(|f| server_fns.get(*f).copied().unwrap_or(0))
+            .sum();
         Profile {
             per_call: total.saturating_sub(timers) as f64 / calls as f64,
             timers,
+            calls,
+            server_fns,
         }
     }
+
+    /// Inclusive instructions per call of the server functions `names`.
+    fn per_call_in(&self, names: impl Fn(&str) -> bool) -> f64 {
+        self.server_fns
+            .iter()
+            .filter(|(n, _)| names(n))
+            .map(|(_, c)| *c)
+            .sum::<u64>() as f64
+            / self.calls as f64
+    }
+
+    /// Where a module command's instructions go, by the module API calls
+    /// they pass through (the API is a boundary nothing inlines across):
+    /// Redis around the command, the module's own code, then each group of
+    /// API calls. Per call; `None` for a command of the server's own.
+    fn breakdown(&self) -> Option<Vec<f64>> {
+        let dispatch = self.per_call_in(|n| n == "RedisModuleCommandDispatcher");
+        if dispatch == 0.0 {
+            return None;
+        }
+        let groups: Vec<f64> = API_GROUPS
+            .iter()
+            .map(|(_, names)| self.per_call_in(|n| names.contains(&n)))
+            .collect();
+        let api = self.per_call_in(|n| n.starts_with("RM_"));
+        let other_api = api - groups.iter().sum::<f64>();
+        let mut row = vec![self.per_call - dispatch, dispatch - api];
+        row.extend(groups);
+        row.push(other_api);
+        Some(row)
+    }
 }
+
+/// The module API calls by what they are for (the breakdown's columns).
+const API_GROUPS: [(&str, &[&str]); 6] = [
+    (
+        "arguments (retain, free, read)",
+        &[
+            "RM_RetainString",
+            "RM_FreeString",
+            "RM_StringPtrLen",
+            "RM_CreateString",
+        ],
+    ),
+    (
+        "memory (RM_Alloc, RM_Free)",
+        &["RM_Alloc", "RM_Free", "RM_Realloc", "RM_Calloc"],
+    ),
+    (
+        "keys (open, close, store, expire)",
+        &[
+            "RM_OpenKey",
+            "RM_CloseKey",
+            "RM_KeyType",
+            "RM_ModuleTypeSetValue",
+            "RM_ModuleTypeGetValue",
+            "RM_ModuleTypeGetType",
+            "RM_SetExpire",
+            "RM_SetAbsExpire",
+        ],
+    ),
+    (
+        "reply (RM_ReplyWith*)",
+        &[
+            "RM_ReplyWithStringBuffer",
+            "RM_ReplyWithLongLong",
+            "RM_ReplyWithMap",
+            "RM_ReplyWithArray",
+            "RM_ReplySetArrayLength",
+            "RM_ReplyWithNull",
+            "RM_ReplyWithSimpleString",
+            "RM_ReplyWithError",
+        ],
+    ),
+    ("replication (RM_Replicate)", &["RM_Replicate"]),
+    ("keyspace event", &["RM_NotifyKeyspaceEvent"]),
+];
 
 /// The 14 fields of a payment record, as a hash would hold them.
 fn hash_record(p: &mut redis::Pipeline, key: &str, created_at: i64) {
@@ -823,6 +908,23 @@ fn zrange_cmd() -> redis::Cmd {
 
 /// Section 7 of BENCHMARKS.md.
 pub fn section(md: &mut String) {
+    writeln!(md, "\n## 7. Server instructions per call (callgrind)\n").unwrap();
+    for tool in ["valgrind", "callgrind_control", "callgrind_annotate"] {
+        let found = Command::new(tool)
+            .arg("--help")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            writeln!(
+                md,
+                "Skipped: `{tool}` not found (`make deps` installs valgrind)."
+            )
+            .unwrap();
+            return;
+        }
+    }
     let calls = env_usize("BENCH_CG_CALLS", 4000);
     let leased = env_usize("BENCH_CG_LEASED", 300_000);
     let keep = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-callgrind");
@@ -860,7 +962,6 @@ pub fn section(md: &mut String) {
             .map_or(f64::NAN, |(_, p)| p.per_call)
     };
 
-    writeln!(md, "\n## 7. Server instructions per call (callgrind)\n").unwrap();
     writeln!(
         md,
         "Instructions the server's main thread executes per call under `valgrind --tool=callgrind`: the event loop, the protocol, the command and its reply; the timers (`serverCron`, the sweeper's tick) subtracted by their inclusive cost; no replica or AOF attached. A warm-up of a tenth as many calls first; then the counters are zeroed, the calls sent with the pipelining shown, and the counts dumped. The same binary with the same input gives the same counts whatever else the machine does: these ratios are the ones to trust. Writes start on an empty database each; reads use {READ_KEYS} keys of each kind loaded from an RDB; the PAY.CLAIM cases use databases of {need} ready payments, one of them after {leased} payments under a day's lease (RDB made by a normal server). Profiles: `callgrind_annotate --inclusive=yes target/bench-callgrind/<case>.out`.\n",
@@ -897,6 +998,34 @@ pub fn section(md: &mut String) {
         });
         let label = t.label.replace("{leased}", &leased.to_string());
         writeln!(md, "| {label} | {ratio:.2} | {goal} |").unwrap();
+    }
+    writeln!(
+        md,
+        "\nWhere a PAY.* call's instructions go, split at the module API (a boundary nothing inlines across): the server around the command (event loop, protocol, dispatch, writing the reply out), the module's own code (parsing, the record, the index, JSON, the replication blob; with the context Redis makes for each module call), and each group of API calls with everything Redis does inside them.\n"
+    )
+    .unwrap();
+    let mut head = String::from(
+        "| case | total | server around the command | module's own code (and the dispatcher's context) |",
+    );
+    let mut rule = String::from("| --- | ---: | ---: | ---: |");
+    for (name, _) in API_GROUPS {
+        write!(head, " {name} |").unwrap();
+        rule.push_str(" ---: |");
+    }
+    writeln!(md, "{head} other API calls |\n{rule} ---: |").unwrap();
+    for (case, prof) in &results {
+        let Some(parts) = prof.breakdown() else {
+            continue;
+        };
+        let cells: Vec<String> = parts.iter().map(|v| format!("{v:.0}")).collect();
+        writeln!(
+            md,
+            "| {} | {:.0} | {} |",
+            case.label,
+            prof.per_call,
+            cells.join(" | ")
+        )
+        .unwrap();
     }
     let timers: u64 = results.iter().map(|(_, p)| p.timers).sum();
     writeln!(
