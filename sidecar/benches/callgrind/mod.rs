@@ -295,9 +295,17 @@ impl Profile {
         for line in text.lines() {
             if line.contains("PROGRAM TOTALS") {
                 total = cost(line);
-            } else if let Some((_, name)) = line.split_once("  ???:") {
-                let name = name.split(' ').next().unwrap_or_default();
-                *server_fns.entry(name.to_string()).or_default() += cost(line);
+            } else if let Some(name) = c_function(line) {
+                // Valkey calls its module API VM_* and its dispatcher after
+                // itself: one set of names for both servers.
+                let name = match name.strip_prefix("VM_") {
+                    Some(api) => format!("RM_{api}"),
+                    None if name == "ValkeyModuleCommandDispatcher" => {
+                        "RedisModuleCommandDispatcher".to_string()
+                    }
+                    None => name.to_string(),
+                };
+                *server_fns.entry(name).or_default() += cost(line);
             }
         }
         assert!(total > 0, "no totals in {}", file.display());
@@ -343,6 +351,19 @@ impl Profile {
         row.push(other_api);
         Some(row)
     }
+}
+
+/// The C function a line of callgrind_annotate's listing names (`12,345
+/// (1.2%)  file.c:name [object]`, `???:name` without debug information), or
+/// None for a line that names a Rust function (`path::name`) or none.
+fn c_function(line: &str) -> Option<&str> {
+    let rest = match line.split_once("%)") {
+        Some((_, rest)) => rest,
+        None => line.trim_start().split_once(' ')?.1,
+    };
+    let (place, _object) = rest.trim().split_once(" [")?;
+    let (file, name) = place.rsplit_once(':')?;
+    (!file.ends_with(':') && !name.is_empty()).then_some(name)
 }
 
 /// The module API calls by what they are for (the breakdown's columns).
