@@ -1,7 +1,10 @@
 # redis-pay: `make help` lists the targets.
 
 MODULE := target/release/libredis_pay.so
+# The test servers besides Debian's redis-server 7.0 (scripts/install-deps.sh).
+REDIS8 := target/redis8/bin/redis-server
 VALKEY := target/valkey/bin/valkey-server
+VALKEY9 := target/valkey9/bin/valkey-server
 PORT ?= 6379
 
 .DEFAULT_GOAL := help
@@ -10,17 +13,20 @@ PORT ?= 6379
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-deps: ## Install redis-server, libclang and Valkey when missing (Debian)
+deps: ## Install what is missing: Debian packages, and Redis 8.2, Valkey 8.1 and 9.1 into target/
 	@scripts/install-deps.sh
 
 build: deps ## Build the module and pay-sidecar (release)
 	cargo build --release --workspace
 
-test: build ## Unit tests; module suite on Redis 7.0 and Valkey 8.1; sidecar end-to-end tests
+test: build ## Unit tests; module suite on Redis 7.0, 8.2, Valkey 8.1, 9.1; sidecar tests on Redis 7.0, Valkey 9.1
 	cargo test --lib
 	PAY_SERVER=redis-server cargo test --test '*'
+	PAY_SERVER=$(CURDIR)/$(REDIS8) cargo test --test '*'
 	PAY_SERVER=$(CURDIR)/$(VALKEY) cargo test --test '*'
-	cargo test -p pay-sidecar
+	PAY_SERVER=$(CURDIR)/$(VALKEY9) cargo test --test '*'
+	PAY_SERVER=redis-server cargo test -p pay-sidecar
+	PAY_SERVER=$(CURDIR)/$(VALKEY9) cargo test -p pay-sidecar --test '*'
 
 test-valgrind: build ## The module's integration suite under valgrind (Valkey, libc malloc), sweeper timing tests aside
 	rm -rf target/valgrind
@@ -38,7 +44,7 @@ fmt: ## Format the code
 run: build ## redis-server with the module on 127.0.0.1:$(PORT), in the foreground
 	redis-server --port $(PORT) --bind 127.0.0.1 --save "" --loadmodule $(CURDIR)/$(MODULE)
 
-demo: build ## The whole product on local defaults, playing the three failure stories
+demo: build ## The whole product on local defaults, playing the four failure stories
 	target/release/pay-demo
 
 bench: build ## redis-pay against SET NX, Lua, hashes+zset, JSON strings (wall clock and callgrind instructions): writes BENCHMARKS.md

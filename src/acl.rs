@@ -1,10 +1,13 @@
-//! ACL key permissions for the commands that find their keys themselves.
+//! ACL permissions for the commands that find their keys themselves.
 //!
 //! PAY.STUCK and PAY.CLAIM name no key in their arguments (their key spec is
 //! empty), so Redis checks no key pattern for them. Each record they list or
-//! lease is checked here against the calling user's key permissions: a
-//! tenant limited to `~tenantA:*` never sees or leases another tenant's
-//! payments.
+//! lease is checked here as the command the caller could have sent for it:
+//! PAY.STUCK lists a payment only if the caller may `PAY.CHECK` it, and
+//! PAY.CLAIM leases it only if the caller may `PAY.UPDATE` it. Checking the
+//! whole command, not the key alone, keeps ACL selectors honest: a selector
+//! that grants a key pattern for other commands grants nothing here. A tenant
+//! limited to `~tenantA:*` never sees or leases another tenant's payments.
 
 use std::ffi::c_int;
 use std::ptr::NonNull;
@@ -16,9 +19,9 @@ use crate::error::PayError;
 /// What a caller wants to do with a key.
 #[derive(Clone, Copy)]
 pub enum Access {
-    /// List it (PAY.STUCK).
+    /// List it (PAY.STUCK): as `PAY.CHECK key`.
     Read,
-    /// Lease it (PAY.CLAIM): read and write.
+    /// Lease it (PAY.CLAIM): as `PAY.UPDATE key pending`.
     Write,
 }
 
@@ -27,10 +30,12 @@ pub struct Caller {
     user: NonNull<raw::RedisModuleUser>,
     check: unsafe extern "C" fn(
         *mut raw::RedisModuleUser,
-        *mut raw::RedisModuleString,
+        *mut *mut raw::RedisModuleString,
         c_int,
     ) -> c_int,
     free: unsafe extern "C" fn(*mut raw::RedisModuleUser),
+    /// The words of the stand-in commands: PAY.CHECK, PAY.UPDATE, pending.
+    words: [RedisString; 3],
 }
 
 impl Caller {
@@ -42,7 +47,7 @@ impl Caller {
             (
                 raw::RedisModule_GetCurrentUserName,
                 raw::RedisModule_GetModuleUserFromUserName,
-                raw::RedisModule_ACLCheckKeyPermissions,
+                raw::RedisModule_ACLCheckCommandPermissions,
                 raw::RedisModule_FreeModuleUser,
             )
         };
@@ -65,17 +70,26 @@ impl Caller {
         drop(RedisString::from_redis_module_string(ctx.ctx, name));
         let user =
             NonNull::new(user).ok_or_else(|| PayError::arg("the calling user no longer exists"))?;
-        Ok(Caller { user, check, free })
+        let words = ["PAY.CHECK", "PAY.UPDATE", "pending"].map(|w| RedisString::create(None, w));
+        Ok(Caller {
+            user,
+            check,
+            free,
+            words,
+        })
     }
 
     /// Whether this user may `access` the key `name`.
     pub fn may(&self, name: &RedisString, access: Access) -> bool {
-        let flags = match access {
-            Access::Read => raw::REDISMODULE_CMD_KEY_ACCESS,
-            Access::Write => raw::REDISMODULE_CMD_KEY_ACCESS | raw::REDISMODULE_CMD_KEY_UPDATE,
+        let [check_cmd, update_cmd, pending] = &self.words;
+        let mut argv = match access {
+            Access::Read => vec![check_cmd.inner, name.inner],
+            Access::Write => vec![update_cmd.inner, name.inner, pending.inner],
         };
-        // SAFETY: `user` is alive until our drop; `name` is a live string.
-        let status = unsafe { (self.check)(self.user.as_ptr(), name.inner, flags as c_int) };
+        let argc = argv.len() as c_int;
+        // SAFETY: `user` is alive until our drop; every string in `argv` is
+        // alive for the call, and Redis only reads them.
+        let status = unsafe { (self.check)(self.user.as_ptr(), argv.as_mut_ptr(), argc) };
         status == raw::REDISMODULE_OK as c_int
     }
 }

@@ -153,8 +153,9 @@ pub fn update(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     // replicas and the AOF receive as it is.
     let expire_at = (applied == Applied::Resolved)
         .then(|| now.saturating_add(i64::from(p.rec.ttl_secs()).saturating_mul(1000)));
-    if let Some(at) = expire_at {
-        key.expire_at(at);
+    match expire_at {
+        Some(at) => key.expire_at(at),
+        None => key.keep_unresolved(ctx, name),
     }
     index().change(p.member, before, p.facts(), p.handle());
     stats::UPDATES.incr();
@@ -257,10 +258,17 @@ pub fn claim(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let mut sent = 0usize;
     let mut after = None;
     while sent < a.count {
-        let page = index().claim_page(db, now, stale_cutoff, fresh_cutoff, after, a.count - sent);
+        // Pages of at least 64: records the caller may not write are skipped
+        // without a new index walk each.
+        let want = (a.count - sent).clamp(64, 4096);
+        let page = index().claim_page(db, now, stale_cutoff, fresh_cutoff, after, want);
         let Some(last) = page.last() else { break };
         after = Some(last.position());
+        let exhausted = page.len() < want;
         for entry in &page {
+            if sent == a.count {
+                break;
+            }
             let Some(name) = store::listed_key(ctx, db, entry) else {
                 continue;
             };
@@ -283,6 +291,7 @@ pub fn claim(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                         stats::LEASES_EXPIRED.incr();
                     }
                     p.rec.claim(a.consumer, now, a.lease_ms);
+                    key.keep_unresolved(ctx, &name);
                     index().change(p.member, before, p.facts(), entry.handle);
                     stats::CLAIMS.incr();
                     reply_record(ctx, &p.rec, None);
@@ -295,6 +304,9 @@ pub fn claim(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 Ok(None) => {}
                 _ => stats::INDEX_MISSES.incr(),
             }
+        }
+        if exhausted {
+            break;
         }
     }
     rm!(RedisModule_ReplySetArrayLength(ctx.ctx, sent as c_long));

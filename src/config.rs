@@ -4,7 +4,10 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::args::{parse_int, MAX_TTL_SECS};
+use redis_module::configuration::{ConfigurationContext, ConfigurationValue};
+use redis_module::{RedisError, RedisString};
+
+use crate::args::{parse_int, MAX_KEY_LEN, MAX_TTL_SECS};
 
 /// One `pay.*` setting.
 pub struct Tunable {
@@ -51,13 +54,44 @@ pub const SWEEP_BUDGET: std::time::Duration = std::time::Duration::from_millis(1
 
 /// `pay.key-prefix`: the namespace stripped from keys to give the
 /// transaction id (`payment:` makes `payment:txn_1` transaction `txn_1`).
-/// Empty by default.
-pub static KEY_PREFIX: Mutex<String> = Mutex::new(String::new());
+/// Empty by default. Immutable once loaded: changing it would change the
+/// transaction id, and so the provider's idempotency key, of every payment
+/// in flight.
+pub struct KeyPrefix(Mutex<String>);
+
+pub static KEY_PREFIX: KeyPrefix = KeyPrefix(Mutex::new(String::new()));
 pub const KEY_PREFIX_NAME: &str = "key-prefix";
+/// The longest prefix: shorter than the longest key PAY.CACHE accepts.
+pub const MAX_KEY_PREFIX_LEN: usize = MAX_KEY_LEN - 1;
 
 /// The current key prefix.
 pub fn key_prefix() -> MutexGuard<'static, String> {
-    KEY_PREFIX.lock().unwrap_or_else(|p| p.into_inner())
+    KEY_PREFIX.0.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A key prefix as given: UTF-8, at most MAX_KEY_PREFIX_LEN bytes, no
+/// control characters (a NUL would also break Redis's C strings).
+pub fn check_key_prefix(bytes: &[u8]) -> Result<&str, String> {
+    let text =
+        std::str::from_utf8(bytes).map_err(|_| "pay.key-prefix must be UTF-8 text".to_string())?;
+    if text.len() > MAX_KEY_PREFIX_LEN || text.chars().any(char::is_control) {
+        return Err(format!(
+            "pay.key-prefix must be at most {MAX_KEY_PREFIX_LEN} bytes without control characters"
+        ));
+    }
+    Ok(text)
+}
+
+impl ConfigurationValue<RedisString> for KeyPrefix {
+    fn get(&self, _ctx: &ConfigurationContext) -> RedisString {
+        RedisString::create_from_slice(std::ptr::null_mut(), key_prefix().as_bytes())
+    }
+
+    fn set(&self, _ctx: &ConfigurationContext, value: RedisString) -> Result<(), RedisError> {
+        let text = check_key_prefix(value.as_slice()).map_err(RedisError::String)?;
+        *key_prefix() = text.to_string();
+        Ok(())
+    }
 }
 
 pub static TUNABLES: [&Tunable; 4] = [
@@ -91,9 +125,7 @@ pub fn start_values(args: &[&[u8]]) -> Result<StartValues, String> {
             return Err(format!("module argument '{shown}' needs a value"));
         };
         let i = if bare == KEY_PREFIX_NAME.as_bytes() {
-            key_prefix = std::str::from_utf8(value)
-                .map_err(|_| format!("module argument '{shown}' must be UTF-8 text"))?
-                .to_string();
+            key_prefix = check_key_prefix(value)?.to_string();
             TUNABLES.len()
         } else {
             let Some(i) = TUNABLES.iter().position(|t| t.name.as_bytes() == bare) else {
@@ -147,6 +179,10 @@ mod tests {
         assert_eq!(v.key_prefix, "payment:");
         let e = start_values(&[b"key-prefix", b"a", b"key-prefix", b"b"]).unwrap_err();
         assert!(e.contains("more than once"), "{e}");
+        for bad in [&b"a\0b"[..], b"tab\t", b"\xff", &[b'p'; 255]] {
+            let e = start_values(&[b"key-prefix", bad]).unwrap_err();
+            assert!(e.starts_with("pay.key-prefix must be"), "{e}");
+        }
     }
 
     #[test]

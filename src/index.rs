@@ -185,13 +185,22 @@ fn merged<'a, const N: usize>(
     })
 }
 
-/// `(after, upper]` as B-tree bounds.
-fn span(after: Option<Age>, upper: i64) -> (Bound<Age>, Bound<Age>) {
+/// The ages of `set` in `(after, upper]`. Empty when `after` is already past
+/// `upper`: two lists walked with one `after` have different upper bounds,
+/// and a B-tree range whose start is past its end panics (which would kill
+/// Redis).
+fn span(
+    set: &BTreeSet<Age>,
+    after: Option<Age>,
+    upper: i64,
+) -> std::iter::Peekable<std::collections::btree_set::Range<'_, Age>> {
+    let upper_age = (upper, Handle::MAX);
     let lower = match after {
+        Some(pos) if pos >= upper_age => return set.range(..(i64::MIN, 0)).peekable(),
         Some(pos) => Bound::Excluded(pos),
         None => Bound::Unbounded,
     };
-    (lower, Bound::Included((upper, Handle::MAX)))
+    set.range((lower, Bound::Included(upper_age))).peekable()
 }
 
 /// Unresolved records admitted while an RDB file loads, listed in bulk once
@@ -383,11 +392,10 @@ impl Index {
         self.settle();
         let slot = self.slot_of(db);
         let s = &self.slots[slot];
-        let range = span(after, cutoff);
         merged([
-            s.fresh.range(range).peekable(),
-            s.stale.range(range).peekable(),
-            s.held_age.range(range).peekable(),
+            span(&s.fresh, after, cutoff),
+            span(&s.stale, after, cutoff),
+            span(&s.held_age, after, cutoff),
         ])
         .take(limit)
         .map(|(created_at, handle)| Pending { created_at, handle })
@@ -412,8 +420,8 @@ impl Index {
         let s = &mut self.slots[slot];
         s.release_holds(now);
         merged([
-            s.stale.range(span(after, stale_cutoff)).peekable(),
-            s.fresh.range(span(after, fresh_cutoff)).peekable(),
+            span(&s.stale, after, stale_cutoff),
+            span(&s.fresh, after, fresh_cutoff),
         ])
         .take(limit)
         .map(|(created_at, handle)| Pending { created_at, handle })
@@ -734,6 +742,28 @@ mod tests {
             take(&mut ix, i64::MAX, i64::MAX),
             ["old", "young", "flagged"]
         );
+    }
+
+    #[test]
+    fn a_page_after_a_young_stale_record_is_empty_not_a_panic() {
+        // A record flagged stale, then `pay.stale-after-ms` raised: it is
+        // younger than the fresh cutoff, and the next page starts past it.
+        let mut ix = Index::new();
+        ix.admit(0, h(b"old"), pending(1));
+        ix.admit(
+            0,
+            h(b"young"),
+            Facts {
+                stale: true,
+                ..pending(500)
+            },
+        );
+        let page = ix.claim_page(0, 1000, i64::MAX, 10, None, 10);
+        assert_eq!(page.len(), 2);
+        let next = ix.claim_page(0, 1000, i64::MAX, 10, Some(page[1].position()), 10);
+        assert!(next.is_empty());
+        let listed = ix.unresolved_page(0, 10, Some((20, 0)), 10);
+        assert!(listed.is_empty());
     }
 
     #[test]

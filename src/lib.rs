@@ -95,7 +95,7 @@ fn setup(ctx: &Context, args: &[RedisString]) -> Result<(), String> {
         config::KEY_PREFIX_NAME,
         &config::KEY_PREFIX,
         &start.key_prefix,
-        ConfigurationFlags::DEFAULT,
+        ConfigurationFlags::IMMUTABLE,
         None,
     );
     for (t, value) in config::TUNABLES.iter().zip(start.ints) {

@@ -176,6 +176,7 @@ pub fn check_api() -> Result<(), String> {
         RedisModule_RegisterNumericConfig,
         RedisModule_LoadConfigs,
         RedisModule_SetExpire,
+        RedisModule_GetExpire,
         RedisModule_GetContextFlags,
         RedisModule_KeyType,
         RedisModule_ModuleTypeGetType,
@@ -569,6 +570,26 @@ impl PayKey {
 
     pub fn expire_at(&self, at_ms: i64) {
         set_expire_at(self.key, at_ms);
+    }
+
+    /// An unresolved payment never expires: removes any expiry the key
+    /// carries (a record written before contract v2, or an operator's
+    /// EXPIRE) and replicates that as PERSIST. Called on every write that
+    /// leaves a payment unresolved.
+    pub fn keep_unresolved(&self, ctx: &Context, name: &RedisString) {
+        if rm!(RedisModule_GetExpire(self.key)) == raw::REDISMODULE_NO_EXPIRE as raw::mstime_t {
+            return;
+        }
+        rm!(RedisModule_SetExpire(
+            self.key,
+            raw::REDISMODULE_NO_EXPIRE as raw::mstime_t
+        ));
+        rm!(RedisModule_Replicate(
+            ctx.ctx,
+            c"PERSIST".as_ptr(),
+            c"s".as_ptr(),
+            name.inner
+        ));
     }
 }
 

@@ -125,6 +125,7 @@ fn sweep(ctx: &Context) -> bool {
             {
                 let before = p.facts();
                 p.rec.stale = true;
+                key.keep_unresolved(ctx, &name);
                 index().change(p.member, before, p.facts(), entry.handle);
                 publish(ctx, &name, &p.rec, None, c"pay.stale");
                 flagged += 1;

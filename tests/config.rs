@@ -76,6 +76,7 @@ fn an_unknown_or_malformed_module_argument_fails_the_load_clearly() {
         ),
         (&["stale-after-ms"], "needs a value"),
         (&["default-ttl", "0"], "must be an integer from 1"),
+        (&["key-prefix", "tab\there"], "pay.key-prefix must be"),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = std::process::Command::new(server_bin());

@@ -237,13 +237,38 @@ fn tenants_list_and_lease_only_the_keys_their_acl_allows() {
             cache(&mut admin, &format!("{t}:txn_{i}"), "u", 1, "USD");
         }
     }
+    // Tenant A, with a selector that lets it GET tenant B's keys (and
+    // nothing else of B): that selector must grant no PAY.* access to B.
     acl(
         &mut admin,
-        &["SETUSER", "a", "on", ">pw", "~tenantA:*", "+@all"],
+        &[
+            "SETUSER",
+            "a",
+            "on",
+            ">pw",
+            "~tenantA:*",
+            "-@all",
+            "+pay.stuck",
+            "+pay.claim",
+            "+pay.check",
+            "+pay.update",
+            "(~tenantB:* -@all +get)",
+        ],
     );
+    // Support for tenant B: may check and list, may not update.
     acl(
         &mut admin,
-        &["SETUSER", "reader", "on", ">pw", "%R~tenantB:*", "+@all"],
+        &[
+            "SETUSER",
+            "reader",
+            "on",
+            ">pw",
+            "~tenantB:*",
+            "-@all",
+            "+pay.stuck",
+            "+pay.claim",
+            "+pay.check",
+        ],
     );
     let mut a = as_user(&s, "a");
     // NOPERM on another tenant's key, as for any Redis command...
@@ -277,7 +302,8 @@ fn tenants_list_and_lease_only_the_keys_their_acl_allows() {
             ("0", "")
         );
     }
-    // Read-only access to B: B's payments are listed, but never leased.
+    // Checking and listing B, never updating: B's payments are listed, but
+    // never leased.
     let mut reader = as_user(&s, "reader");
     assert_eq!(stuck_set(&mut reader).len(), 3);
     assert!(claim(&mut reader, "support", 100, 1000).is_empty());
@@ -305,22 +331,101 @@ fn the_key_prefix_is_stripped_from_the_transaction_id() {
         cache(&mut c, "other:1", "u", 1, "USD")["transaction_id"],
         "other:1"
     );
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("pay.key-prefix")
-        .arg("")
-        .query(&mut c)
-        .unwrap();
-    assert_eq!(
-        check(&mut c, "payment:txn_12345").unwrap()["transaction_id"],
-        "payment:txn_12345"
-    );
+    // Immutable at run time: changing it would change the transaction id
+    // (the provider's idempotency key) of every payment in flight.
+    for value in ["", "other:", "a\0b"] {
+        let e = err(
+            &mut c,
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("pay.key-prefix")
+                .arg(value),
+        );
+        assert!(e.starts_with("ERR"), "{e}");
+    }
     let v: Vec<String> = redis::cmd("CONFIG")
         .arg("GET")
         .arg("pay.key-prefix")
         .query(&mut c)
         .unwrap();
-    assert_eq!(v, ["pay.key-prefix", ""]);
+    assert_eq!(v, ["pay.key-prefix", "payment:"]);
+    assert_eq!(
+        check(&mut c, "payment:txn_12345").unwrap()["transaction_id"],
+        "txn_12345"
+    );
+}
+
+#[test]
+fn any_write_that_leaves_a_payment_unresolved_removes_an_expiry_everywhere() {
+    // An expiry on an unresolved payment (one written before contract v2, or
+    // an operator's PEXPIRE) is removed by the next update, claim or sweep,
+    // on the primary and on its replicas.
+    let primary = Server::with(Opts::sweeper(300, 10));
+    let replica = Server::with(Opts::sweeper(300, 10));
+    replicate(&replica, &primary);
+    let mut p = primary.conn();
+    let mut r = replica.conn();
+    let expiring = |c: &mut Connection, k: &str| {
+        cache(c, k, "u", 1, "USD");
+        let _: i64 = redis::cmd("PEXPIRE").arg(k).arg(60_000).query(c).unwrap();
+    };
+    expiring(&mut p, "claimed");
+    assert_eq!(claim(&mut p, "w", 10, 60_000).len(), 1);
+    expiring(&mut p, "updated");
+    expiring(&mut p, "swept");
+    update_with(&mut p, "updated", "unknown", &[]).unwrap();
+    // The sweeper flags it (the claimed one is held, so it is not swept).
+    assert!(wait_until(Duration::from_secs(5), || check(
+        &mut p, "swept"
+    )
+    .is_some_and(|r| r["stale"] == "1")));
+    let n: i64 = redis::cmd("WAIT").arg(1).arg(5000).query(&mut p).unwrap();
+    assert_eq!(n, 1);
+    for k in ["updated", "claimed", "swept"] {
+        assert_eq!(pexpiretime(&mut p, k), -1, "primary: {k} still expires");
+        assert_eq!(pexpiretime(&mut r, k), -1, "replica: {k} still expires");
+    }
+}
+
+#[test]
+fn claims_survive_a_raised_stale_window() {
+    // Records flagged stale, then pay.stale-after-ms raised: they are younger
+    // than the new window. A claim without OLDER must not crash the server.
+    let s = Server::with(Opts::sweeper(100, 10));
+    let mut c = s.conn();
+    cache(&mut c, "k1", "u", 1, "USD");
+    cache(&mut c, "k0", "u", 1, "USD");
+    assert!(wait_until(Duration::from_secs(5), || info_field(
+        &mut c,
+        "records_stale"
+    ) == 2));
+    cache(&mut c, "fresh", "u", 1, "USD");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("pay.stale-after-ms")
+        .arg(3_600_000)
+        .query(&mut c)
+        .unwrap();
+    for count in [1, 10] {
+        let v: Value = redis::cmd("PAY.CLAIM")
+            .arg("w")
+            .arg("LEASE")
+            .arg(60_000)
+            .arg("COUNT")
+            .arg(count)
+            .query(&mut c)
+            .unwrap();
+        let Value::Array(items) = v else {
+            panic!("{v:?}")
+        };
+        assert!(items.len() <= 2);
+    }
+    let leased = stuck_records(&mut c)
+        .iter()
+        .filter(|r| r["lease_owner"] == "w")
+        .count();
+    assert_eq!(leased, 2, "both stale records, not the fresh one");
+    assert_index_exact(&mut c, &[0]);
 }
 
 #[test]

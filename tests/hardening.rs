@@ -287,7 +287,8 @@ fn acl_recipes_allow_what_each_user_needs_and_deny_the_rest() {
     ] {
         assert!(err(&mut app, &cmd).starts_with("NOPERM"), "{cmd:?}");
     }
-    // Support staff: read any payment and INFO, change nothing.
+    // Support staff: read any payment, list stuck ones and INFO, change
+    // nothing.
     let mut support = acl(
         &mut admin,
         "support",
@@ -298,11 +299,13 @@ fn acl_recipes_allow_what_each_user_needs_and_deny_the_rest() {
             "~*",
             "-@all",
             "+pay.check",
+            "+pay.stuck",
             "+info",
         ],
     );
     assert!(check(&mut support, "other:1").is_some());
     let _: String = redis::cmd("INFO").arg("pay").query(&mut support).unwrap();
+    assert!(stuck_set(&mut support).contains("payment:1"));
     for cmd in [
         redis::cmd("PAY.CACHE")
             .arg("payment:9")
@@ -314,7 +317,11 @@ fn acl_recipes_allow_what_each_user_needs_and_deny_the_rest() {
             .arg("payment:1")
             .arg("failed")
             .clone(),
-        redis::cmd("PAY.STUCK").clone(),
+        redis::cmd("PAY.CLAIM")
+            .arg("support")
+            .arg("LEASE")
+            .arg(1000)
+            .clone(),
         redis::cmd("FLUSHALL").clone(),
     ] {
         assert!(err(&mut support, &cmd).starts_with("NOPERM"), "{cmd:?}");

@@ -143,7 +143,8 @@ fn aof_rewrite_emits_one_pay_load_per_record() {
 /// RDB file loads, after the module has read them: the index (built in bulk
 /// once the file has loaded) must not list them, and the counts must agree.
 /// Unresolved payments get no TTL from the module; an operator's PEXPIRE on
-/// one is honoured, and is what this test uses.
+/// one lasts until the module next writes the payment (which removes it),
+/// and is what this test uses.
 #[test]
 fn restart_from_rdb_drops_records_that_expired_while_down() {
     let mut s = Server::start();

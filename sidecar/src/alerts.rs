@@ -1,28 +1,46 @@
-//! Alerts: payments stuck longer than the alert threshold are posted to
-//! Slack, grouped in one message per round; each is alerted once and repeated
-//! at most every repeat interval while still stuck; a "resolved" message
-//! follows when an alerted payment resolves.
+//! Alerts, all from what Redis holds, never from a round's memory:
+//!
+//! - payments with an `unknown` outcome (the retries ran out without a
+//!   definite answer): a human must check the provider and resolve them;
+//! - payments unresolved (`pending`) longer than the alert threshold;
+//! - configuration errors (the provider's answers say the sidecar is not
+//!   talking to it as it should), at most once per repeat interval each.
+//!
+//! Each round lists the unresolved payments older than the threshold on every
+//! primary (`PAY.STUCK`), so a round that fails partway loses nothing: the
+//! next one finds the same payments. Each payment is alerted once, repeated
+//! at most every repeat interval while unresolved (at once when it turns
+//! `unknown`), and a "resolved" message follows when an alerted payment
+//! resolves.
 //!
 //! All alert state lives in Redis, under the hash tag `{pay:alerts}` (one
-//! cluster slot): a sorted set of alerted payments scored by the last alert
-//! time, a sorted set of resolved ones (tombstones, kept a day, so a stale
-//! listing can never alert a resolved payment again), an outbox list of
-//! messages not yet delivered, and a delivery lock. A payment is named by its
-//! key and creation time, so a later payment under the same key is a new one.
-//! So a restart or a second sidecar never alerts twice, and messages wait in
-//! the outbox while Slack is down. Delivery runs on its own thread: a Slack
-//! outage never slows the retries.
+//! cluster slot): sorted sets of alerted payments (pending, unknown) scored
+//! by the last alert time, a sorted set of resolved ones (tombstones, kept a
+//! day, so a stale listing can never alert a resolved payment again), one of
+//! configuration problems, an outbox list of messages not yet delivered, and
+//! a delivery lock. A payment is named by its key and creation time, so a
+//! later payment under the same key is a new one. So a restart or a second
+//! sidecar never alerts twice, and messages wait in the outbox while Slack is
+//! down. Delivery runs on its own thread: a Slack outage never slows the
+//! retries.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
 use redis::ConnectionLike;
 
 use crate::metrics::Metrics;
-use crate::store::{self, Record, Topology};
+use crate::store::{self, Node, Record, Redis};
+use crate::worker::Report;
 
+/// Payments alerted as pending too long.
 pub const ALERTED: &str = "{pay:alerts}";
+/// Payments alerted as `unknown`.
+pub const UNKNOWN: &str = "{pay:alerts}:unknown";
+/// Configuration problems, scored by when they were last alerted.
+pub const CONFIG: &str = "{pay:alerts}:config";
 pub const RESOLVED: &str = "{pay:alerts}:resolved";
 /// How long a tombstone is kept.
 const TOMBSTONE_MS: i64 = 86_400_000;
@@ -38,27 +56,101 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Atomically decides whether a payment is due an alert, and records it:
-/// 1 = first alert, 2 = repeat, 0 = not due (or already resolved).
-const MARK: &str = r"
-if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
-local last = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if last and tonumber(ARGV[2]) - tonumber(last) < tonumber(ARGV[3]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-if last then return 2 end
+// Alerting is two steps. A read-only script says which payments are due an
+// alert; the message is written for them; then one script checks that every
+// one of them is still due, marks them all and queues the message, or does
+// nothing (another sidecar got there first; the next round looks again). So
+// a payment is never marked as alerted without its message in the outbox,
+// whatever fails in between. Resolutions work the same way.
+
+/// Whether each payment (ARGV[3..]) is due an alert: 1 = first alert,
+/// 2 = repeat, 0 = not due (or already resolved). Writes nothing.
+const DUE: &str = r"
+local now, rep, due = tonumber(ARGV[1]), tonumber(ARGV[2]), {}
+for i = 3, #ARGV do
+  local last = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if redis.call('ZSCORE', KEYS[2], ARGV[i]) then due[#due + 1] = 0
+  elseif last and now - tonumber(last) < rep then due[#due + 1] = 0
+  elseif last then due[#due + 1] = 2
+  else due[#due + 1] = 1 end
+end
+return due
+";
+
+/// If every payment (ARGV[4..]) is still due, marks them alerted at ARGV[1]
+/// and queues the message ARGV[3]: 1; else changes nothing: 0.
+const COMMIT_ALERT: &str = r"
+local now, rep = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 4, #ARGV do
+  if redis.call('ZSCORE', KEYS[2], ARGV[i]) then return 0 end
+  local last = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if last and now - tonumber(last) < rep then return 0 end
+end
+for i = 4, #ARGV do redis.call('ZADD', KEYS[1], now, ARGV[i]) end
+redis.call('RPUSH', KEYS[3], ARGV[3])
 return 1
 ";
 
-/// Moves an alerted payment to the tombstones; 1 if this caller did it (and
-/// so announces the resolution), 0 if another sidecar did.
-const RESOLVE: &str = r"
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
-  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
-  return 1
+/// If every payment (ARGV[4..]) is still in an alerted set, moves them all
+/// to the tombstones (at ARGV[1], dropping those older than ARGV[2]) and
+/// queues the message ARGV[3]: 1; else changes nothing: 0. Only the sidecar
+/// that moves them announces them.
+const COMMIT_RESOLVED: &str = r"
+for i = 4, #ARGV do
+  if not redis.call('ZSCORE', KEYS[1], ARGV[i]) and not redis.call('ZSCORE', KEYS[2], ARGV[i]) then
+    return 0
+  end
 end
-return 0
+for i = 4, #ARGV do
+  redis.call('ZREM', KEYS[1], ARGV[i])
+  redis.call('ZREM', KEYS[2], ARGV[i])
+  redis.call('ZADD', KEYS[3], ARGV[1], ARGV[i])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[2])
+redis.call('RPUSH', KEYS[4], ARGV[3])
+return 1
 ";
+
+/// Queues a configuration alert unless the same problem was alerted less
+/// than a repeat interval ago: 1 if queued.
+const CONFIG_SCRIPT: &str = r"
+local last = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if last and tonumber(ARGV[2]) - tonumber(last) < tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('RPUSH', KEYS[2], ARGV[4])
+return 1
+";
+
+/// One script argument (or several, from a list).
+fn a<T: redis::ToRedisArgs>(v: T) -> Vec<Vec<u8>> {
+    v.to_redis_args()
+}
+
+/// Runs a Lua script by its SHA1 (EVALSHA), or sends it whole (EVAL) when
+/// the server has not seen it: a replica promoted by a failover starts with
+/// an empty script cache. Both name their keys, so a cluster routes them by
+/// key; `redis::Script::invoke` would send SCRIPT LOAD to every primary,
+/// which fails while any shard is down and would stop the alerts with it.
+fn invoke<T: redis::FromRedisValue>(
+    body: &str,
+    keys: &[&str],
+    args: &[Vec<Vec<u8>>],
+    c: &mut dyn ConnectionLike,
+) -> redis::RedisResult<T> {
+    let hash = redis::Script::new(body).get_hash().to_string();
+    let command = |name: &str, script: &str| {
+        let mut cmd = redis::cmd(name);
+        cmd.arg(script).arg(keys.len()).arg(keys);
+        for arg in args {
+            cmd.arg(arg);
+        }
+        cmd
+    };
+    match command("EVALSHA", &hash).query(c) {
+        Err(e) if e.code() == Some("NOSCRIPT") => command("EVAL", body).query(c),
+        result => result,
+    }
+}
 
 /// The alert-state name of one payment: its key and creation time.
 fn member(r: &Record) -> String {
@@ -123,7 +215,34 @@ fn line(r: &Record, now: i64) -> String {
     )
 }
 
-/// The Slack message for this round's stuck payments.
+fn unknown_line(r: &Record, now: i64) -> String {
+    // The reason reads "outcome unknown after N attempts: <last answer>".
+    let last = r
+        .reason
+        .strip_prefix("outcome unknown after ")
+        .and_then(|rest| rest.split_once(": "))
+        .map_or(r.reason.as_str(), |(_, last)| last);
+    format!(
+        "• `{key}` {} — created {} ago — outcome unknown after {} attempts; check the provider, then `PAY.UPDATE {key} succeeded|failed` — last answer: {}",
+        money(r.amount, &r.currency),
+        age(now, r.created_at),
+        r.attempts,
+        if last.is_empty() { "-" } else { last },
+        key = r.key,
+    )
+}
+
+fn listing(text: &mut String, lines: impl Iterator<Item = String>, total: usize) {
+    for l in lines.take(LISTED) {
+        text.push('\n');
+        text.push_str(&l);
+    }
+    if total > LISTED {
+        text.push_str(&format!("\n… and {} more", total - LISTED));
+    }
+}
+
+/// The Slack message for this round's stuck (pending) payments.
 pub fn stuck_message(first: &[Record], repeat: &[Record], threshold: Duration, now: i64) -> String {
     let total = first.len() + repeat.len();
     let mut text = format!(
@@ -132,14 +251,36 @@ pub fn stuck_message(first: &[Record], repeat: &[Record], threshold: Duration, n
         first.len(),
         repeat.len()
     );
-    for r in first.iter().chain(repeat).take(LISTED) {
-        text.push('\n');
-        text.push_str(&line(r, now));
-    }
-    if total > LISTED {
-        text.push_str(&format!("\n… and {} more", total - LISTED));
-    }
+    listing(
+        &mut text,
+        first.iter().chain(repeat).map(|r| line(r, now)),
+        total,
+    );
     text
+}
+
+/// The Slack message for payments whose outcome is unknown: a human decides.
+pub fn unknown_message(first: &[Record], repeat: &[Record], now: i64) -> String {
+    let total = first.len() + repeat.len();
+    let mut text = format!(
+        ":warning: {total} payment(s) with an unknown outcome ({} new, {} still unknown): the provider gave no definite answer, so they are NOT marked failed (the customer may have been charged). Never sent again, only asked about.",
+        first.len(),
+        repeat.len()
+    );
+    listing(
+        &mut text,
+        first.iter().chain(repeat).map(|r| unknown_line(r, now)),
+        total,
+    );
+    text
+}
+
+/// The Slack message for a configuration problem.
+pub fn config_message(problem: &str, key: &str, repeat: Duration) -> String {
+    format!(
+        ":no_entry: pay-sidecar is not talking to the provider as it should: {problem}. Seen with payment `{key}`. Payments stay unresolved and are retried; none is failed for this. Repeated every {} while it lasts.",
+        humantime::format_duration(repeat)
+    )
 }
 
 pub fn resolved_message(resolved: &[(String, String)]) -> String {
@@ -147,122 +288,198 @@ pub fn resolved_message(resolved: &[(String, String)]) -> String {
         ":white_check_mark: {} alerted payment(s) resolved",
         resolved.len()
     );
-    for (key, status) in resolved.iter().take(LISTED) {
-        text.push_str(&format!("\n• `{key}` {status}"));
-    }
-    if resolved.len() > LISTED {
-        text.push_str(&format!("\n… and {} more", resolved.len() - LISTED));
-    }
+    listing(
+        &mut text,
+        resolved
+            .iter()
+            .map(|(key, status)| format!("• `{key}` {status}")),
+        resolved.len(),
+    );
     text
 }
 
-fn enqueue(c: &mut dyn ConnectionLike, text: &str) -> redis::RedisResult<()> {
-    let payload = serde_json::json!({ "text": text }).to_string();
-    redis::cmd("RPUSH")
-        .arg(OUTBOX)
-        .arg(payload)
-        .query::<i64>(c)?;
-    Ok(())
+fn payload(text: &str) -> String {
+    serde_json::json!({ "text": text }).to_string()
 }
 
 impl Alerter {
-    /// One alert round: stuck payments on every primary, then resolutions.
-    pub fn round(&self, topo: &Topology, keyed: &mut dyn ConnectionLike) -> redis::RedisResult<()> {
+    /// One alert round: unresolved payments older than the threshold on
+    /// each of `primaries`, then resolutions. A primary that cannot be
+    /// read, or a payment whose shard cannot be asked, is skipped (and
+    /// reported) so the others are still alerted; the next round looks again.
+    pub fn round(
+        &self,
+        primaries: &[Node],
+        keyed: &mut dyn ConnectionLike,
+    ) -> redis::RedisResult<()> {
         let now = now_ms();
-        let mut stuck = Vec::new();
-        for node in &topo.primaries {
-            let mut c = node.connect()?;
-            stuck.extend(store::stuck(&mut c, self.alert_after, 10_000)?);
-        }
-        let mark = redis::Script::new(MARK);
-        let (mut first, mut repeat) = (Vec::new(), Vec::new());
-        for r in stuck {
-            let marked: i64 = mark
-                .key(ALERTED)
-                .key(RESOLVED)
-                .arg(member(&r))
-                .arg(now)
-                .arg(self.repeat.as_millis() as u64)
-                .invoke(keyed)?;
-            match marked {
-                1 => first.push(r),
-                2 => repeat.push(r),
-                _ => {}
+        let mut unresolved = Vec::new();
+        let mut failure = None;
+        for node in primaries {
+            let listed = node
+                .connect()
+                .and_then(|mut c| store::stuck(&mut c, self.alert_after, 10_000));
+            match listed {
+                Ok(rs) => unresolved.extend(rs),
+                Err(e) => {
+                    warn!("alerts: cannot list {}: {e}", node.name);
+                    failure = Some(e);
+                }
             }
         }
-        if !first.is_empty() || !repeat.is_empty() {
-            info!(
-                "alerting: {} newly stuck, {} still stuck",
-                first.len(),
-                repeat.len()
-            );
-            enqueue(
+        let (pending, unknown): (Vec<Record>, Vec<Record>) =
+            unresolved.into_iter().partition(|r| r.status != "unknown");
+        let repeat_ms = self.repeat.as_millis() as u64;
+        for (set, records) in [(UNKNOWN, unknown), (ALERTED, pending)] {
+            if records.is_empty() {
+                continue;
+            }
+            let members: Vec<String> = records.iter().map(member).collect();
+            let marks: Vec<i64> = invoke(
+                DUE,
+                &[set, RESOLVED],
+                &[a(now), a(repeat_ms), a(&members)],
                 keyed,
-                &stuck_message(&first, &repeat, self.alert_after, now),
             )?;
+            let (mut first, mut again, mut names) = (Vec::new(), Vec::new(), Vec::new());
+            for ((r, name), mark) in records.into_iter().zip(members).zip(marks) {
+                match mark {
+                    1 => first.push(r),
+                    2 => again.push(r),
+                    _ => continue,
+                }
+                names.push(name);
+            }
+            if names.is_empty() {
+                continue;
+            }
+            let text = if set == UNKNOWN {
+                unknown_message(&first, &again, now)
+            } else {
+                stuck_message(&first, &again, self.alert_after, now)
+            };
+            let queued: i64 = invoke(
+                COMMIT_ALERT,
+                &[set, RESOLVED, OUTBOX],
+                &[a(now), a(repeat_ms), a(payload(&text)), a(&names)],
+                keyed,
+            )?;
+            if queued == 1 {
+                warn!("alert: {text}");
+            }
         }
-        let alerted: Vec<String> = redis::cmd("ZRANGE")
-            .arg(ALERTED)
-            .arg(0)
-            .arg(-1)
-            .query(keyed)?;
-        let resolve = redis::Script::new(RESOLVE);
-        let mut resolved = Vec::new();
+        let mut alerted: Vec<String> = Vec::new();
+        for set in [ALERTED, UNKNOWN] {
+            let names: Vec<String> = redis::cmd("ZRANGE").arg(set).arg(0).arg(-1).query(keyed)?;
+            alerted.extend(names);
+        }
+        alerted.sort();
+        alerted.dedup();
+        let (mut resolved, mut names) = (Vec::new(), Vec::new());
+        let mut unchecked = 0;
         for name in alerted {
             let Some((key, created_at)) = name.rsplit_once('|') else {
                 continue;
             };
-            let status = match store::check(keyed, key)? {
+            let checked = match store::check(keyed, key) {
+                Ok(checked) => checked,
+                Err(e) => {
+                    if unchecked == 0 {
+                        warn!("alerts: cannot check {key} (it stays alerted): {e}");
+                    }
+                    unchecked += 1;
+                    failure = Some(e);
+                    continue;
+                }
+            };
+            let status = match checked {
                 Some(r) if r.created_at.to_string() != created_at => {
                     "gone (replaced by a newer payment)".to_string()
                 }
-                Some(r) if r.status == "pending" => continue,
+                Some(r) if r.status == "pending" || r.status == "unknown" => continue,
                 Some(r) => r.status,
-                None => "gone (expired or deleted)".to_string(),
+                None => "gone (deleted)".to_string(),
             };
-            // Only the sidecar that moves it to the tombstones announces it.
-            let moved: i64 = resolve
-                .key(ALERTED)
-                .key(RESOLVED)
-                .arg(&name)
-                .arg(now)
-                .arg(now - TOMBSTONE_MS)
-                .invoke(keyed)?;
-            if moved == 1 {
-                resolved.push((key.to_string(), status));
+            resolved.push((key.to_string(), status));
+            names.push(name);
+        }
+        if !names.is_empty() {
+            let text = resolved_message(&resolved);
+            let queued: i64 = invoke(
+                COMMIT_RESOLVED,
+                &[ALERTED, UNKNOWN, RESOLVED, OUTBOX],
+                &[a(now), a(now - TOMBSTONE_MS), a(payload(&text)), a(&names)],
+                keyed,
+            )?;
+            if queued == 1 {
+                info!("alert: {text}");
             }
         }
-        if !resolved.is_empty() {
-            info!("alerting: {} alerted payments resolved", resolved.len());
-            enqueue(keyed, &resolved_message(&resolved))?;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        Ok(())
+    }
+}
+
+/// Configuration alerts, raised by the workers as the problems are met and
+/// deduplicated in Redis (one per problem per repeat interval, across
+/// sidecars).
+pub struct ConfigAlerts {
+    redis: Arc<Redis>,
+    repeat: Duration,
+    conn: Mutex<Option<Box<dyn ConnectionLike + Send>>>,
+}
+
+impl ConfigAlerts {
+    pub fn new(redis: Arc<Redis>, repeat: Duration) -> ConfigAlerts {
+        ConfigAlerts {
+            redis,
+            repeat,
+            conn: Mutex::new(None),
+        }
     }
 
-    /// An immediate alert for payments the sidecar gave up on.
-    pub fn gave_up(
-        &self,
-        keyed: &mut dyn ConnectionLike,
-        gave_up: &[(Record, String)],
-    ) -> redis::RedisResult<()> {
-        if gave_up.is_empty() {
-            return Ok(());
-        }
-        let mut text = format!(
-            ":x: {} payment(s) failed after too many attempts",
-            gave_up.len()
+    fn raise(&self, problem: &str, key: &str) -> redis::RedisResult<bool> {
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let c = match guard.as_mut() {
+            Some(c) => c,
+            None => guard.insert(self.redis.keyed()?),
+        };
+        let text = config_message(problem, key, self.repeat);
+        let queued: redis::RedisResult<i64> = invoke(
+            CONFIG_SCRIPT,
+            &[CONFIG, OUTBOX],
+            &[
+                a(problem),
+                a(now_ms()),
+                a(self.repeat.as_millis() as u64),
+                a(payload(&text)),
+            ],
+            c.as_mut(),
         );
-        for (r, reason) in gave_up.iter().take(LISTED) {
-            text.push_str(&format!(
-                "\n• `{}` {} — {reason}",
-                r.key,
-                money(r.amount, &r.currency)
-            ));
+        match queued {
+            Ok(n) => {
+                if n == 1 {
+                    warn!("alert: {text}");
+                }
+                Ok(n == 1)
+            }
+            Err(e) => {
+                *guard = None;
+                Err(e)
+            }
         }
-        if gave_up.len() > LISTED {
-            text.push_str(&format!("\n… and {} more", gave_up.len() - LISTED));
+    }
+}
+
+impl Report for ConfigAlerts {
+    fn config_problem(&self, problem: &str, r: &Record) {
+        // The problem is met again at the next retry: a failed raise is
+        // raised again then.
+        if let Err(e) = self.raise(problem, &r.key) {
+            warn!("alerts: cannot queue the configuration alert ({problem}): {e}");
         }
-        enqueue(keyed, &text)
     }
 }
 
@@ -329,19 +546,18 @@ impl Notifier for SlackWebhook {
 /// Delivers the outbox, oldest first, while holding the delivery lock, until
 /// shutdown. Runs on its own thread.
 pub fn deliver(
-    topo: &Topology,
+    redis: &Redis,
     notifier: &dyn Notifier,
     me: &str,
     metrics: &Metrics,
     shutdown: &AtomicBool,
 ) {
-    let lock = redis::Script::new(LOCK_SCRIPT);
     let mut backoff = Duration::from_millis(500);
     let mut conn: Option<Box<dyn ConnectionLike + Send>> = None;
     while !shutdown.load(Ordering::Relaxed) {
         let c = match conn.as_mut() {
             Some(c) => c,
-            None => match topo.keyed() {
+            None => match redis.keyed() {
                 Ok(c) => conn.insert(c),
                 Err(e) => {
                     warn!("alerts: cannot reach Redis: {e}");
@@ -351,7 +567,7 @@ pub fn deliver(
             },
         };
         let step = (|| -> redis::RedisResult<Option<Duration>> {
-            let held: i64 = lock.key(LOCK).arg(me).arg(30_000).invoke(c.as_mut())?;
+            let held: i64 = invoke(LOCK_SCRIPT, &[LOCK], &[a(me), a(30_000)], c.as_mut())?;
             if held != 1 {
                 return Ok(Some(Duration::from_secs(1)));
             }
@@ -408,6 +624,63 @@ pub fn sleep_unless(shutdown: &AtomicBool, d: Duration) {
 mod tests {
     use super::*;
 
+    /// A connection that answers from a list and keeps what it was sent.
+    struct Replies {
+        replies: Vec<&'static [u8]>,
+        sent: Vec<String>,
+    }
+
+    impl ConnectionLike for Replies {
+        fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<redis::Value> {
+            let text = String::from_utf8_lossy(cmd);
+            let args: Vec<&str> = text
+                .split("\r\n")
+                .filter(|l| !l.is_empty() && !l.starts_with('*') && !l.starts_with('$'))
+                .collect();
+            self.sent.push(args[..args.len().min(4)].join(" "));
+            redis::parse_redis_value(self.replies.remove(0))?.extract_error()
+        }
+        fn req_packed_commands(
+            &mut self,
+            _: &[u8],
+            _: usize,
+            _: usize,
+        ) -> redis::RedisResult<Vec<redis::Value>> {
+            unreachable!("no pipelines")
+        }
+        fn get_db(&self) -> i64 {
+            0
+        }
+        fn check_connection(&mut self) -> bool {
+            true
+        }
+        fn is_open(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_script_the_server_lacks_is_sent_whole_never_loaded_on_every_primary() {
+        let hash = redis::Script::new(LOCK_SCRIPT).get_hash().to_string();
+        let mut c = Replies {
+            replies: vec![b"-NOSCRIPT No matching script.\r\n", b":1\r\n"],
+            sent: Vec::new(),
+        };
+        let held: i64 = invoke(LOCK_SCRIPT, &[LOCK], &[a("me"), a(30_000)], &mut c).unwrap();
+        assert_eq!(held, 1);
+        assert_eq!(c.sent.len(), 2, "{:?}", c.sent);
+        assert_eq!(c.sent[0], format!("EVALSHA {hash} 1 {LOCK}"));
+        assert!(c.sent[1].starts_with("EVAL \nlocal holder"), "{:?}", c.sent);
+        assert!(c.sent[1].ends_with(&format!("1 {LOCK}")), "{:?}", c.sent);
+        // Known: one EVALSHA, nothing else.
+        let mut c = Replies {
+            replies: vec![b":0\r\n"],
+            sent: Vec::new(),
+        };
+        let held: i64 = invoke(LOCK_SCRIPT, &[LOCK], &[a("me"), a(30_000)], &mut c).unwrap();
+        assert_eq!((held, c.sent.len()), (0, 1));
+    }
+
     #[test]
     fn money_uses_the_currency_exponent() {
         assert_eq!(money(1000, "USD"), "10.00 USD");
@@ -442,5 +715,49 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("… and 2 more"));
+    }
+
+    #[test]
+    fn an_unknown_payment_is_alerted_with_what_to_do_about_it() {
+        let r = Record {
+            key: "payment:txn_1".into(),
+            transaction_id: "txn_1".into(),
+            amount: 2500,
+            currency: "EUR".into(),
+            status: "unknown".into(),
+            created_at: 0,
+            attempts: 3,
+            reason: "outcome unknown after 3 attempts: provider timed out".into(),
+            ..Record::default()
+        };
+        let text = unknown_message(&[r], &[], 7_200_000);
+        assert!(
+            text.starts_with(
+                ":warning: 1 payment(s) with an unknown outcome (1 new, 0 still unknown)"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("NOT marked failed"), "{text}");
+        assert!(
+            text.contains(
+                "• `payment:txn_1` 25.00 EUR — created 2h ago — outcome unknown after 3 attempts; check the provider, then `PAY.UPDATE payment:txn_1 succeeded|failed` — last answer: provider timed out"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_configuration_alert_names_the_problem_and_says_nothing_failed() {
+        let text = config_message(
+            "configuration error: the provider answered GET {bank-url}/payments/{id} 404",
+            "payment:txn_1",
+            Duration::from_secs(3600),
+        );
+        assert!(
+            text.contains("answered GET {bank-url}/payments/{id} 404"),
+            "{text}"
+        );
+        assert!(text.contains("`payment:txn_1`"), "{text}");
+        assert!(text.contains("none is failed"), "{text}");
     }
 }

@@ -1,9 +1,13 @@
 //! Stand-ins for the payment provider and for Slack: real HTTP servers on
-//! 127.0.0.1, for the demo and the end-to-end tests. The bank can fail at a
-//! settable rate (5xx, hangs past the client's timeout, responses lost after
-//! processing), go down entirely, or answer from a per-payment script; it
-//! counts what it saw, including any payment asked about by two callers at
-//! the same moment.
+//! 127.0.0.1, for the demo and the end-to-end tests. The bank speaks the
+//! provider contract (DESIGN.md): `GET /payments/{id}` answers 200 with the
+//! payment or 404 `{"status":"not_found"}`; `POST /payments` charges once
+//! per Idempotency-Key; any other path gets a plain 404 page, as a web
+//! server or proxy would answer a wrong URL. It can fail at a settable rate
+//! (5xx, hangs past the client's timeout, responses lost after processing),
+//! go down entirely, or answer from a per-payment script; it records every
+//! request and counts what it saw, including any payment asked about by two
+//! callers at the same moment.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Read;
@@ -34,9 +38,10 @@ impl HttpRequest {
     }
 }
 
-/// A response: status, extra headers, body.
+/// A response: status, content type, extra headers, body.
 pub struct HttpResponse {
     pub status: u16,
+    pub content_type: &'static str,
     pub headers: Vec<(&'static str, String)>,
     pub body: String,
 }
@@ -45,8 +50,20 @@ impl HttpResponse {
     pub fn new(status: u16, body: impl Into<String>) -> HttpResponse {
         HttpResponse {
             status,
+            content_type: "application/json",
             headers: Vec::new(),
             body: body.into(),
+        }
+    }
+
+    /// What a web server answers for a path it does not serve.
+    pub fn not_found_page() -> HttpResponse {
+        HttpResponse {
+            content_type: "text/html",
+            ..HttpResponse::new(
+                404,
+                "<html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>",
+            )
         }
     }
 }
@@ -137,9 +154,10 @@ where
             .and_then(|s| s.canonical_reason())
             .unwrap_or("Status");
         let mut out = format!(
-            "HTTP/1.1 {} {reason}\r\nContent-Length: {}\r\nContent-Type: application/json\r\n",
+            "HTTP/1.1 {} {reason}\r\nContent-Length: {}\r\nContent-Type: {}\r\n",
             response.status,
-            response.body.len()
+            response.body.len(),
+            response.content_type
         );
         for (k, v) in &response.headers {
             out.push_str(&format!("{k}: {v}\r\n"));
@@ -163,6 +181,20 @@ pub enum Scripted {
     Reply(u16, String),
     /// Hang for this long, then answer 503.
     Hang(Duration),
+    /// Wait this long, then do what the call asks (a POST charges) and answer.
+    Slow(Duration),
+    /// Answer as the bank would anyway.
+    Normal,
+}
+
+/// One request the bank received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub idempotency_key: Option<String>,
+    /// The POST body's `transaction_id`.
+    pub body_transaction_id: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -178,6 +210,7 @@ struct BankState {
     creations: Mutex<HashMap<String, u32>>,
     in_flight: Mutex<HashSet<String>>,
     scripts: Mutex<HashMap<String, VecDeque<Scripted>>>,
+    seen: Mutex<Vec<Seen>>,
     overlaps: AtomicU64,
     gets: AtomicU64,
     posts: AtomicU64,
@@ -234,6 +267,11 @@ impl Bank {
         self.state.outage.store(down, Ordering::Relaxed);
     }
 
+    /// Every request received, in order.
+    pub fn requests(&self) -> Vec<Seen> {
+        lock(&self.state.seen).clone()
+    }
+
     /// Forces the next answers about `txn`.
     pub fn script(&self, txn: &str, answers: Vec<Scripted>) {
         lock(&self.state.scripts).insert(txn.into(), answers.into());
@@ -250,6 +288,15 @@ impl Bank {
             },
         );
         *lock(&self.state.creations).entry(txn.into()).or_default() += 1;
+    }
+
+    /// Changes what the bank says about a payment it already has (it
+    /// finished processing it), without creating it again.
+    pub fn settle(&self, txn: &str, status: &str, reference: &str) {
+        if let Some(p) = lock(&self.state.payments).get_mut(txn) {
+            p.status = status.into();
+            p.reference = reference.into();
+        }
     }
 
     /// How many times the bank created (charged) each payment.
@@ -285,19 +332,30 @@ fn payment_json(s: &Stored) -> String {
 
 fn handle(state: &BankState, rq: &HttpRequest) -> Option<HttpResponse> {
     let is_post = rq.method == "POST";
-    let txn = if is_post {
-        rq.header("Idempotency-Key").unwrap_or_default().to_string()
-    } else {
-        let raw = rq.path.strip_prefix("/payments/").unwrap_or("");
-        percent_encoding::percent_decode_str(raw)
-            .decode_utf8_lossy()
-            .into_owned()
-    };
     if is_post {
         state.posts.fetch_add(1, Ordering::Relaxed);
     } else {
         state.gets.fetch_add(1, Ordering::Relaxed);
     }
+    lock(&state.seen).push(Seen {
+        method: rq.method.clone(),
+        path: rq.path.clone(),
+        idempotency_key: rq.header("Idempotency-Key").map(str::to_string),
+        body_transaction_id: serde_json::from_slice::<serde_json::Value>(&rq.body)
+            .ok()
+            .and_then(|v| v["transaction_id"].as_str().map(str::to_string)),
+    });
+    let id = rq
+        .path
+        .strip_prefix("/payments/")
+        .filter(|id| !id.is_empty() && !id.contains('/'));
+    let txn = match (rq.method.as_str(), rq.path.as_str(), id) {
+        ("POST", "/payments", _) => rq.header("Idempotency-Key").unwrap_or_default().to_string(),
+        ("GET", _, Some(raw)) => percent_encoding::percent_decode_str(raw)
+            .decode_utf8_lossy()
+            .into_owned(),
+        _ => return Some(HttpResponse::not_found_page()),
+    };
     if !lock(&state.in_flight).insert(txn.clone()) {
         state.overlaps.fetch_add(1, Ordering::Relaxed);
     }
@@ -319,14 +377,14 @@ fn answer(state: &BankState, rq: &HttpRequest, is_post: bool, txn: &str) -> Opti
     let scripted = lock(&state.scripts)
         .get_mut(txn)
         .and_then(VecDeque::pop_front);
-    if let Some(s) = scripted {
-        return Some(match s {
-            Scripted::Reply(code, body) => (code, body),
-            Scripted::Hang(d) => {
-                std::thread::sleep(d);
-                (503, "{}".into())
-            }
-        });
+    match scripted {
+        Some(Scripted::Reply(code, body)) => return Some((code, body)),
+        Some(Scripted::Hang(d)) => {
+            std::thread::sleep(d);
+            return Some((503, "{}".into()));
+        }
+        Some(Scripted::Slow(d)) => std::thread::sleep(d),
+        Some(Scripted::Normal) | None => {}
     }
     // Random failures: before processing (5xx or a hang), or after it (the
     // payment is charged but the response is lost).
@@ -372,7 +430,7 @@ fn answer(state: &BankState, rq: &HttpRequest, is_post: bool, txn: &str) -> Opti
     } else {
         match lock(&state.payments).get(txn) {
             Some(s) => (200, payment_json(s)),
-            None => (404, r#"{"message":"no such payment"}"#.into()),
+            None => (404, r#"{"status":"not_found"}"#.into()),
         }
     };
     if failing {

@@ -1,10 +1,18 @@
 //! The retry loop: claim one stale payment at a time, ask the provider what
-//! happened (always GET before POST), and write the answer back.
+//! happened (always GET before POST), and write the answer back, fenced.
+//!
+//! The first rule: unknown is not failed. Only a definite answer from the
+//! provider (it charged, it declined, it refused the request) resolves a
+//! payment. Anything else is retried on `--retry-schedule`; after
+//! `--max-attempts` the payment becomes `unknown`. An `unknown` payment is
+//! never sent again: it is only asked about (GET), every
+//! `--unknown-interval`, until a definite answer or a human resolves it.
 //!
 //! Each worker claims with COUNT 1, so a payment is processed right after its
-//! lease begins; a POST is sent only while at least one provider timeout of
-//! lease remains, so no other worker can claim the payment while this one may
-//! still be talking to the provider about it.
+//! lease begins; a POST is sent only while at least two provider timeouts of
+//! lease remain. Every write carries `FENCE <attempts of the claim>`: if
+//! another worker claimed the payment since (this one stalled past its
+//! lease), the module refuses the write and the result is dropped.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -13,27 +21,54 @@ use log::{info, warn};
 
 use crate::metrics::Metrics;
 use crate::provider::{Answer, Provider, Status, Submission};
-use crate::store::{self, Node, Record};
+use crate::store::{self, Change, Node, Record};
+
+/// How undecided payments are retried.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// Claims without a definite answer before a payment becomes `unknown`.
+    pub max_attempts: u32,
+    /// The back-off after attempt 1, 2, ...; the last one repeats.
+    pub retry_schedule: Vec<Duration>,
+    /// How often an `unknown` payment is asked about again.
+    pub unknown_interval: Duration,
+}
+
+impl Policy {
+    /// The back-off after the `attempt`-th attempt (1-based).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let i = usize::try_from(attempt.saturating_sub(1)).unwrap_or(usize::MAX);
+        self.retry_schedule
+            .get(i)
+            .or(self.retry_schedule.last())
+            .copied()
+            .unwrap_or(Duration::from_secs(300))
+    }
+}
 
 /// What to do with a claimed payment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
-    Succeeded {
-        reference: String,
-    },
-    Failed {
-        reason: String,
-        reference: String,
-    },
-    /// A transient error: record it; the lease is the back-off.
+    /// The provider charged it.
+    Succeeded { reference: String },
+    /// The provider declined or refused it: a definite answer.
+    Failed { reason: String, reference: String },
+    /// No definite answer yet: `pending`, asked again after `after`.
     Retry {
         reason: String,
+        after: Duration,
+        /// A configuration problem, for an operator alert.
+        problem: Option<String>,
     },
-    /// A transient error on the last allowed attempt: fail, and alert.
-    GiveUp {
+    /// Still no definite answer after the last allowed attempt, or an
+    /// `unknown` payment asked again: `unknown`, asked again after `after`.
+    Unknown {
         reason: String,
+        after: Duration,
+        problem: Option<String>,
     },
-    /// Too little lease left to call the provider safely: leave it.
+    /// The provider never saw it, and too little lease is left to send it
+    /// safely: leave it for the next claim.
     Abandon,
 }
 
@@ -43,10 +78,24 @@ impl Decision {
             Decision::Succeeded { .. } => "succeeded",
             Decision::Failed { .. } => "failed",
             Decision::Retry { .. } => "retry",
-            Decision::GiveUp { .. } => "gave_up",
+            Decision::Unknown { .. } => "unknown",
             Decision::Abandon => "abandoned",
         }
     }
+
+    fn problem(&self) -> Option<&str> {
+        match self {
+            Decision::Retry { problem, .. } | Decision::Unknown { problem, .. } => {
+                problem.as_deref()
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The reason an `unknown` payment carries.
+fn unknown_reason(attempts: u32, last: &str) -> String {
+    format!("outcome unknown after {attempts} attempts: {last}")
 }
 
 /// Asks the provider about one claimed payment. `may_send` says whether
@@ -54,26 +103,35 @@ impl Decision {
 pub fn decide(
     provider: &dyn Provider,
     r: &Record,
-    max_attempts: u32,
+    policy: &Policy,
     may_send: &dyn Fn() -> bool,
 ) -> Decision {
-    let answer = match provider.status(&r.key) {
-        Answer::Unknown if !may_send() => return Decision::Abandon,
-        Answer::Unknown => provider.submit(&Submission {
-            transaction_id: r.key.clone(),
+    if r.status == "unknown" {
+        return decide_unknown(provider, r, policy);
+    }
+    let answer = match provider.status(&r.transaction_id) {
+        Answer::NotFound if !may_send() => return Decision::Abandon,
+        Answer::NotFound => provider.submit(&Submission {
+            transaction_id: r.transaction_id.clone(),
             user_id: r.user_id.clone(),
             amount: r.amount,
             currency: r.currency.clone(),
         }),
         known => known,
     };
-    let transient = |reason: String| {
-        if r.attempts >= max_attempts {
-            Decision::GiveUp {
-                reason: format!("gave up after {} attempts: {reason}", r.attempts),
+    let undecided = |last: String, problem: Option<String>| {
+        if r.attempts >= policy.max_attempts {
+            Decision::Unknown {
+                reason: unknown_reason(r.attempts, &last),
+                after: policy.unknown_interval,
+                problem,
             }
         } else {
-            Decision::Retry { reason }
+            Decision::Retry {
+                reason: last,
+                after: policy.backoff(r.attempts),
+                problem,
+            }
         }
     };
     match answer {
@@ -86,85 +144,177 @@ pub fn decide(
             status: Status::Failed,
             reference,
             message,
-        } => Decision::Failed {
-            reason: if message.is_empty() {
-                "failed at the provider".into()
-            } else {
-                message
-            },
-            reference,
+        } => failed(reference, message),
+        Answer::Refused(reason) => Decision::Failed {
+            reason,
+            reference: String::new(),
         },
         Answer::Known {
             status: Status::Pending,
             ..
-        } => transient("the provider is still processing it".into()),
-        Answer::Unknown => transient("the provider answered 404 to the payment".into()),
-        Answer::Transient(reason) => transient(reason),
-        Answer::Permanent(reason) => Decision::Failed {
-            reason,
-            reference: String::new(),
-        },
+        } => undecided("the provider is still processing it".into(), None),
+        // Only a GET says "not found"; the POST's answer never does.
+        Answer::NotFound => undecided("the provider answered not_found to the POST".into(), None),
+        Answer::Config(problem) => undecided(problem.clone(), Some(problem)),
+        Answer::Transient(reason) => undecided(reason, None),
     }
 }
 
-/// Writes a decision back with PAY.UPDATE.
+/// An `unknown` payment is only asked about, never sent: a definite answer
+/// resolves it, anything else leaves it `unknown` until the next check.
+fn decide_unknown(provider: &dyn Provider, r: &Record, policy: &Policy) -> Decision {
+    let still = |last: String, problem: Option<String>| Decision::Unknown {
+        reason: unknown_reason(r.attempts, &last),
+        after: policy.unknown_interval,
+        problem,
+    };
+    match provider.status(&r.transaction_id) {
+        Answer::Known {
+            status: Status::Succeeded,
+            reference,
+            ..
+        } => Decision::Succeeded { reference },
+        Answer::Known {
+            status: Status::Failed,
+            reference,
+            message,
+        } => failed(reference, message),
+        Answer::Known {
+            status: Status::Pending,
+            ..
+        } => still("the provider is still processing it".into(), None),
+        Answer::NotFound => still(
+            format!(
+                "the provider has no record of it; if it was never sent, `PAY.UPDATE {} pending` sends it again",
+                r.key
+            ),
+            None,
+        ),
+        Answer::Config(problem) => still(problem.clone(), Some(problem)),
+        Answer::Refused(reason) | Answer::Transient(reason) => still(reason, None),
+    }
+}
+
+fn failed(reference: String, message: String) -> Decision {
+    Decision::Failed {
+        reason: if message.is_empty() {
+            "failed at the provider".into()
+        } else {
+            message
+        },
+        reference,
+    }
+}
+
+/// What became of a worker's write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Written {
+    Applied,
+    /// Nothing to write.
+    Nothing,
+    /// `FENCED`: another worker claimed the payment since; its word stands.
+    Fenced(String),
+    /// `TRANSITION` or `NOPAYMENT`: the application resolved or removed it
+    /// meanwhile; its word stands.
+    Elsewhere(String),
+}
+
+/// Writes a decision back with PAY.UPDATE, fenced by the claim's attempts.
+/// Error replies other than FENCED, TRANSITION and NOPAYMENT are returned.
 pub fn apply(
     c: &mut dyn redis::ConnectionLike,
     r: &Record,
     d: &Decision,
-) -> redis::RedisResult<()> {
-    let result = match d {
-        Decision::Succeeded { reference } => {
-            store::update(c, &r.key, "succeeded", None, Some(reference))
-        }
-        Decision::Failed { reason, reference } => {
-            store::update(c, &r.key, "failed", Some(reason), Some(reference))
-        }
-        Decision::GiveUp { reason } => store::update(c, &r.key, "failed", Some(reason), None),
-        Decision::Retry { reason } => store::update(c, &r.key, "pending", Some(reason), None),
-        Decision::Abandon => return Ok(()),
+) -> redis::RedisResult<Written> {
+    let fence = Some(r.attempts);
+    let (status, change) = match d {
+        Decision::Succeeded { reference } => (
+            "succeeded",
+            Change {
+                reference: Some(reference),
+                fence,
+                ..Change::default()
+            },
+        ),
+        Decision::Failed { reason, reference } => (
+            "failed",
+            Change {
+                reason: Some(reason),
+                reference: Some(reference),
+                fence,
+                ..Change::default()
+            },
+        ),
+        Decision::Retry { reason, after, .. } => (
+            "pending",
+            Change {
+                reason: Some(reason),
+                retry: Some(*after),
+                fence,
+                ..Change::default()
+            },
+        ),
+        Decision::Unknown { reason, after, .. } => (
+            "unknown",
+            Change {
+                reason: Some(reason),
+                retry: Some(*after),
+                fence,
+                ..Change::default()
+            },
+        ),
+        Decision::Abandon => return Ok(Written::Nothing),
     };
-    match result {
-        Ok(_) => Ok(()),
-        // Someone (the application) resolved it meanwhile, or it expired:
-        // their word stands.
-        Err(e) if matches!(e.code(), Some("TRANSITION") | Some("NOPAYMENT")) => {
-            info!("txn={} already resolved elsewhere: {e}", r.key);
-            Ok(())
+    match store::update(c, &r.key, status, &change) {
+        Ok(_) => Ok(Written::Applied),
+        Err(e) if e.code() == Some("FENCED") => Ok(Written::Fenced(store::error_text(&e))),
+        Err(e) if matches!(e.code(), Some("TRANSITION" | "NOPAYMENT")) => {
+            Ok(Written::Elsewhere(store::error_text(&e)))
         }
         Err(e) => Err(e),
     }
+}
+
+/// Where a worker reports a configuration problem: an operator alert.
+pub trait Report: Sync {
+    fn config_problem(&self, problem: &str, r: &Record);
+}
+
+/// Reports nothing (tests, and a sidecar without alerts).
+pub struct Silent;
+
+impl Report for Silent {
+    fn config_problem(&self, _: &str, _: &Record) {}
 }
 
 pub struct Settings {
     pub consumer: String,
     pub lease: Duration,
     pub timeout: Duration,
-    pub max_attempts: u32,
+    pub policy: Policy,
     pub concurrency: usize,
 }
 
-/// Payments this round gave up on: the caller alerts about them.
-pub type GaveUp = Vec<(Record, String)>;
-
 /// Claims and finishes stale payments on one primary until none is left (or
-/// shutdown), with `concurrency` workers.
+/// shutdown), with `concurrency` workers. A write the server refuses for one
+/// payment is logged and the others go on; an error reaching Redis ends the
+/// drain (the leases run out and the next round claims those payments again).
 pub fn drain(
     node: &Node,
     provider: &dyn Provider,
     s: &Settings,
+    report: &dyn Report,
     metrics: &Metrics,
     shutdown: &AtomicBool,
-) -> redis::RedisResult<GaveUp> {
+) -> redis::RedisResult<()> {
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..s.concurrency.max(1))
-            .map(|_| scope.spawn(|| worker(node, provider, s, metrics, shutdown)))
+            .map(|_| scope.spawn(|| worker(node, provider, s, report, metrics, shutdown)))
             .collect();
-        let mut gave_up = Vec::new();
         let mut error = None;
         for w in workers {
             match w.join() {
-                Ok(Ok(mut g)) => gave_up.append(&mut g),
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => error = Some(e),
                 Err(_) => {
                     error = Some(redis::RedisError::from((
@@ -176,7 +326,7 @@ pub fn drain(
         }
         match error {
             Some(e) => Err(e),
-            None => Ok(gave_up),
+            None => Ok(()),
         }
     })
 }
@@ -185,11 +335,11 @@ fn worker(
     node: &Node,
     provider: &dyn Provider,
     s: &Settings,
+    report: &dyn Report,
     metrics: &Metrics,
     shutdown: &AtomicBool,
-) -> redis::RedisResult<GaveUp> {
+) -> redis::RedisResult<()> {
     let mut c = node.connect()?;
-    let mut gave_up = Vec::new();
     while !shutdown.load(Ordering::Relaxed) {
         let claimed_at = Instant::now();
         let Some(r) = store::claim(&mut c, &s.consumer, 1, s.lease)?.pop() else {
@@ -197,36 +347,86 @@ fn worker(
         };
         metrics.claims.inc();
         let may_send = || claimed_at.elapsed() + s.timeout * 2 < s.lease;
-        let d = decide(provider, &r, s.max_attempts, &may_send);
-        apply(&mut c, &r, &d)?;
-        metrics.outcome(d.outcome());
-        match &d {
-            Decision::Succeeded { reference } => {
+        let d = decide(provider, &r, &s.policy, &may_send);
+        if let Some(problem) = d.problem() {
+            metrics.config_errors.inc();
+            report.config_problem(problem, &r);
+        }
+        let written = match apply(&mut c, &r, &d) {
+            Ok(w) => w,
+            // The node is no longer this primary (a failover demoted it, the
+            // slot moved): the result is not recorded, the lease runs out,
+            // and the next claim, wherever the primary is now, asks the
+            // provider again (GET first: nothing is charged twice).
+            Err(e) if store::primary_moved(&e) => {
+                warn!(
+                    "txn={} attempt={} result {} not recorded: {}; finding the primary again",
+                    r.key,
+                    r.attempts,
+                    d.outcome(),
+                    store::error_text(&e)
+                );
+                metrics.outcome("write_error");
+                return Err(e);
+            }
+            // The server refused this one write (the key now holds another
+            // type, ...): the others go on.
+            Err(e) if e.code().is_some() => {
+                warn!(
+                    "txn={} attempt={} result {} not recorded: {}",
+                    r.key,
+                    r.attempts,
+                    d.outcome(),
+                    store::error_text(&e)
+                );
+                metrics.outcome("write_error");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        match written {
+            Written::Applied | Written::Nothing => {
+                metrics.outcome(d.outcome());
+                log_decision(&r, &d);
+            }
+            Written::Fenced(e) => {
+                warn!(
+                    "txn={} attempt={} result {} dropped: another worker claimed it since ({e})",
+                    r.key,
+                    r.attempts,
+                    d.outcome()
+                );
+                metrics.outcome("fenced");
+            }
+            Written::Elsewhere(e) => {
                 info!(
-                    "txn={} attempt={} succeeded ref={reference}",
+                    "txn={} attempt={} resolved elsewhere meanwhile, their word stands: {e}",
                     r.key, r.attempts
-                )
+                );
+                metrics.outcome("resolved_elsewhere");
             }
-            Decision::Failed { reason, .. } => {
-                info!("txn={} attempt={} failed: {reason}", r.key, r.attempts)
-            }
-            Decision::Retry { reason } => {
-                info!(
-                    "txn={} attempt={} still pending: {reason}",
-                    r.key, r.attempts
-                )
-            }
-            Decision::GiveUp { reason } => {
-                warn!("txn={} {reason}", r.key);
-                gave_up.push((r.clone(), reason.clone()));
-            }
-            Decision::Abandon => warn!(
-                "txn={} lease too short to send it; left for the next claim",
-                r.key
-            ),
         }
     }
-    Ok(gave_up)
+    Ok(())
+}
+
+fn log_decision(r: &Record, d: &Decision) {
+    let (key, n) = (&r.key, r.attempts);
+    match d {
+        Decision::Succeeded { reference } => {
+            info!("txn={key} attempt={n} succeeded ref={reference}")
+        }
+        Decision::Failed { reason, .. } => info!("txn={key} attempt={n} failed: {reason}"),
+        Decision::Retry { reason, after, .. } => info!(
+            "txn={key} attempt={n} still pending, next try in {}: {reason}",
+            humantime::format_duration(*after)
+        ),
+        Decision::Unknown { reason, after, .. } => warn!(
+            "txn={key} attempt={n} {reason}; asked again in {}",
+            humantime::format_duration(*after)
+        ),
+        Decision::Abandon => warn!("txn={key} lease too short to send it; left for the next claim"),
+    }
 }
 
 #[cfg(test)]
@@ -238,34 +438,54 @@ mod tests {
     struct Scripted {
         get: Answer,
         post: Answer,
-        calls: Mutex<Vec<&'static str>>,
+        calls: Mutex<Vec<String>>,
     }
 
     impl Provider for Scripted {
-        fn status(&self, _: &str) -> Answer {
-            self.calls.lock().unwrap().push("GET");
+        fn status(&self, id: &str) -> Answer {
+            self.calls.lock().unwrap().push(format!("GET {id}"));
             self.get.clone()
         }
-        fn submit(&self, _: &Submission) -> Answer {
-            self.calls.lock().unwrap().push("POST");
+        fn submit(&self, p: &Submission) -> Answer {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("POST {}", p.transaction_id));
             self.post.clone()
         }
     }
 
-    fn run(get: Answer, post: Answer, attempts: u32) -> (Decision, Vec<&'static str>) {
+    fn policy() -> Policy {
+        Policy {
+            max_attempts: 3,
+            retry_schedule: vec![Duration::from_secs(10), Duration::from_secs(60)],
+            unknown_interval: Duration::from_secs(3600),
+        }
+    }
+
+    fn record(status: &str, attempts: u32) -> Record {
+        Record {
+            key: "payment:t".into(),
+            transaction_id: "t".into(),
+            status: status.into(),
+            attempts,
+            ..Record::default()
+        }
+    }
+
+    fn run_on(r: &Record, get: Answer, post: Answer) -> (Decision, Vec<String>) {
         let p = Scripted {
             get,
             post,
             calls: Mutex::new(Vec::new()),
         };
-        let r = Record {
-            key: "t".into(),
-            attempts,
-            ..Record::default()
-        };
-        let d = decide(&p, &r, 3, &|| true);
+        let d = decide(&p, r, &policy(), &|| true);
         let calls = p.calls.into_inner().unwrap();
         (d, calls)
+    }
+
+    fn run(get: Answer, post: Answer, attempts: u32) -> (Decision, Vec<String>) {
+        run_on(&record("pending", attempts), get, post)
     }
 
     fn known(status: Status) -> Answer {
@@ -276,13 +496,33 @@ mod tests {
         }
     }
 
+    fn config() -> Answer {
+        Answer::Config("configuration error: 404".into())
+    }
+
+    /// Every answer that is not a verdict about the payment.
+    fn undecided_answers() -> Vec<Answer> {
+        vec![
+            known(Status::Pending),
+            Answer::Transient("provider timed out".into()),
+            Answer::Transient("provider error 503".into()),
+            config(),
+        ]
+    }
+
+    #[test]
+    fn the_provider_sees_the_transaction_id_not_the_key() {
+        let (_, calls) = run(Answer::NotFound, known(Status::Succeeded), 1);
+        assert_eq!(calls, ["GET t", "POST t"]);
+    }
+
     #[test]
     fn a_payment_the_provider_knows_is_never_sent_again() {
         for status in [Status::Succeeded, Status::Failed, Status::Pending] {
             let (_, calls) = run(known(status), known(Status::Succeeded), 1);
-            assert_eq!(calls, ["GET"]);
+            assert_eq!(calls, ["GET t"]);
         }
-        let (d, _) = run(known(Status::Succeeded), Answer::Unknown, 1);
+        let (d, _) = run(known(Status::Succeeded), Answer::NotFound, 1);
         assert_eq!(
             d,
             Decision::Succeeded {
@@ -292,36 +532,89 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_payment_is_sent_once() {
-        let (d, calls) = run(Answer::Unknown, known(Status::Succeeded), 1);
-        assert_eq!(calls, ["GET", "POST"]);
+    fn a_payment_the_provider_never_saw_is_sent_once() {
+        let (d, calls) = run(Answer::NotFound, known(Status::Succeeded), 1);
+        assert_eq!(calls, ["GET t", "POST t"]);
         assert_eq!(d.outcome(), "succeeded");
     }
 
     #[test]
-    fn transient_errors_retry_until_the_last_attempt() {
-        let (d, calls) = run(Answer::Transient("503".into()), Answer::Unknown, 1);
-        assert_eq!(calls, ["GET"], "no POST after a failed GET");
+    fn only_not_found_leads_to_a_post() {
+        for get in undecided_answers() {
+            let (_, calls) = run(get.clone(), known(Status::Succeeded), 1);
+            assert_eq!(calls, ["GET t"], "POST after {get:?}");
+        }
+    }
+
+    #[test]
+    fn undecided_answers_retry_on_the_schedule() {
+        let (d, _) = run(Answer::Transient("503".into()), Answer::NotFound, 1);
         assert_eq!(
             d,
             Decision::Retry {
-                reason: "503".into()
+                reason: "503".into(),
+                after: Duration::from_secs(10),
+                problem: None
             }
         );
-        let (d, _) = run(Answer::Unknown, Answer::Transient("409".into()), 2);
-        assert_eq!(d.outcome(), "retry");
-        let (d, _) = run(Answer::Transient("503".into()), Answer::Unknown, 3);
+        let (d, _) = run(Answer::NotFound, Answer::Transient("409".into()), 2);
         assert_eq!(
             d,
-            Decision::GiveUp {
-                reason: "gave up after 3 attempts: 503".into()
+            Decision::Retry {
+                reason: "409".into(),
+                after: Duration::from_secs(60),
+                problem: None
             }
         );
     }
 
     #[test]
-    fn a_permanent_refusal_fails_with_the_providers_message() {
-        let (d, _) = run(Answer::Unknown, Answer::Permanent("card expired".into()), 1);
+    fn the_last_back_off_repeats() {
+        let p = policy();
+        assert_eq!(p.backoff(1), Duration::from_secs(10));
+        assert_eq!(p.backoff(2), Duration::from_secs(60));
+        assert_eq!(p.backoff(9), Duration::from_secs(60));
+        assert_eq!(p.backoff(0), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn unknown_is_not_failed_after_the_last_attempt() {
+        for get in undecided_answers() {
+            let (d, _) = run(get.clone(), Answer::NotFound, 3);
+            let Decision::Unknown { reason, after, .. } = &d else {
+                panic!("{get:?} on the last attempt: {d:?}");
+            };
+            assert!(
+                reason.starts_with("outcome unknown after 3 attempts: "),
+                "{reason}"
+            );
+            assert_eq!(*after, Duration::from_secs(3600));
+        }
+        // The POST timed out on the last attempt: it may have charged.
+        let (d, _) = run(
+            Answer::NotFound,
+            Answer::Transient("provider timed out".into()),
+            3,
+        );
+        assert_eq!(d.outcome(), "unknown");
+    }
+
+    #[test]
+    fn configuration_errors_are_reported_and_never_fail() {
+        for attempts in [1, 3] {
+            let (d, _) = run(config(), known(Status::Succeeded), attempts);
+            assert_eq!(d.problem(), Some("configuration error: 404"));
+            assert_ne!(d.outcome(), "failed");
+        }
+        let (d, calls) = run(Answer::NotFound, config(), 1);
+        assert_eq!(calls, ["GET t", "POST t"]);
+        assert_eq!(d.outcome(), "retry");
+        assert!(d.problem().is_some());
+    }
+
+    #[test]
+    fn only_a_definite_answer_fails_a_payment() {
+        let (d, _) = run(Answer::NotFound, Answer::Refused("card expired".into()), 1);
         assert_eq!(
             d,
             Decision::Failed {
@@ -329,17 +622,187 @@ mod tests {
                 reference: String::new()
             }
         );
+        let (d, _) = run(
+            Answer::Known {
+                status: Status::Failed,
+                reference: "ch_9".into(),
+                message: "card declined".into(),
+            },
+            Answer::NotFound,
+            3,
+        );
+        assert_eq!(
+            d,
+            Decision::Failed {
+                reason: "card declined".into(),
+                reference: "ch_9".into()
+            }
+        );
+    }
+
+    #[test]
+    fn an_unknown_payment_is_only_asked_about() {
+        let r = record("unknown", 7);
+        for get in undecided_answers()
+            .into_iter()
+            .chain([Answer::NotFound, Answer::Refused("x".into())])
+        {
+            let (d, calls) = run_on(&r, get.clone(), known(Status::Succeeded));
+            assert_eq!(calls, ["GET t"], "after {get:?}");
+            let Decision::Unknown { reason, after, .. } = &d else {
+                panic!("{get:?}: {d:?}");
+            };
+            assert!(reason.starts_with("outcome unknown after 7 attempts"));
+            assert_eq!(*after, Duration::from_secs(3600));
+        }
+        let (d, _) = run_on(&r, Answer::NotFound, known(Status::Succeeded));
+        let Decision::Unknown { reason, .. } = d else {
+            unreachable!()
+        };
+        assert!(
+            reason.contains("`PAY.UPDATE payment:t pending`"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_definite_answer_resolves_an_unknown_payment() {
+        let r = record("unknown", 4);
+        let (d, calls) = run_on(&r, known(Status::Succeeded), Answer::NotFound);
+        assert_eq!(calls, ["GET t"]);
+        assert_eq!(
+            d,
+            Decision::Succeeded {
+                reference: "ch_1".into()
+            }
+        );
+        let (d, _) = run_on(&r, known(Status::Failed), Answer::NotFound);
+        assert_eq!(d.outcome(), "failed");
+    }
+
+    /// A Redis connection that answers every command with one raw reply and
+    /// keeps the commands it was sent.
+    struct Fake {
+        reply: &'static [u8],
+        sent: Vec<String>,
+    }
+
+    impl redis::ConnectionLike for Fake {
+        fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<redis::Value> {
+            // The RESP array's bulk strings, one per argument.
+            let text = String::from_utf8_lossy(cmd);
+            let args: Vec<&str> = text
+                .split("\r\n")
+                .filter(|l| !l.is_empty() && !l.starts_with('*') && !l.starts_with('$'))
+                .collect();
+            self.sent.push(args.join(" "));
+            redis::parse_redis_value(self.reply)?.extract_error()
+        }
+        fn req_packed_commands(
+            &mut self,
+            _: &[u8],
+            _: usize,
+            _: usize,
+        ) -> redis::RedisResult<Vec<redis::Value>> {
+            unreachable!("no pipelines")
+        }
+        fn get_db(&self) -> i64 {
+            0
+        }
+        fn check_connection(&mut self) -> bool {
+            true
+        }
+        fn is_open(&self) -> bool {
+            true
+        }
+    }
+
+    const RECORD: &[u8] =
+        b"*4\r\n$14\r\ntransaction_id\r\n$1\r\nt\r\n$3\r\nkey\r\n$9\r\npayment:t\r\n";
+
+    fn write(reply: &'static [u8], d: &Decision) -> (redis::RedisResult<Written>, String) {
+        let mut c = Fake {
+            reply,
+            sent: Vec::new(),
+        };
+        let w = apply(&mut c, &record("pending", 2), d);
+        (w, c.sent.join("; "))
+    }
+
+    #[test]
+    fn every_write_is_fenced_by_the_claims_attempts_and_names_the_key() {
+        let decisions = [
+            Decision::Succeeded {
+                reference: "ch_1".into(),
+            },
+            Decision::Failed {
+                reason: "card declined".into(),
+                reference: String::new(),
+            },
+            Decision::Retry {
+                reason: "503".into(),
+                after: Duration::from_secs(30),
+                problem: None,
+            },
+            Decision::Unknown {
+                reason: "outcome unknown".into(),
+                after: Duration::from_secs(3600),
+                problem: None,
+            },
+        ];
+        let expected = [
+            "PAY.UPDATE payment:t succeeded REF ch_1 FENCE 2",
+            "PAY.UPDATE payment:t failed REASON card declined FENCE 2",
+            "PAY.UPDATE payment:t pending REASON 503 RETRY 30000 FENCE 2",
+            "PAY.UPDATE payment:t unknown REASON outcome unknown RETRY 3600000 FENCE 2",
+        ];
+        for (d, want) in decisions.iter().zip(expected) {
+            let (w, sent) = write(RECORD, d);
+            assert_eq!(w.unwrap(), Written::Applied);
+            assert_eq!(sent, want);
+        }
+        let (w, sent) = write(RECORD, &Decision::Abandon);
+        assert_eq!((w.unwrap(), sent.as_str()), (Written::Nothing, ""));
+    }
+
+    #[test]
+    fn refusals_are_told_apart_by_their_code() {
+        let ok = Decision::Succeeded {
+            reference: String::new(),
+        };
+        let (w, _) = write(b"-FENCED attempts is 3, not 2\r\n", &ok);
+        assert_eq!(
+            w.unwrap(),
+            Written::Fenced("FENCED attempts is 3, not 2".into())
+        );
+        for reply in [
+            &b"-TRANSITION succeeded -> pending\r\n"[..],
+            &b"-NOPAYMENT no such payment\r\n"[..],
+        ] {
+            let (w, _) = write(reply, &ok);
+            assert!(matches!(w, Ok(Written::Elsewhere(_))), "{w:?}");
+        }
+        // Matched by code, never by message text.
+        let (w, _) = write(b"-ERR FENCED TRANSITION no such payment\r\n", &ok);
+        assert_eq!(w.unwrap_err().code(), Some("ERR"));
+        let (w, _) = write(
+            b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+            &ok,
+        );
+        let e = w.unwrap_err();
+        assert_eq!(e.code(), Some("WRONGTYPE"));
+        assert!(store::error_text(&e).starts_with("WRONGTYPE Operation"));
     }
 
     #[test]
     fn no_post_without_enough_lease_left() {
         let p = Scripted {
-            get: Answer::Unknown,
+            get: Answer::NotFound,
             post: known(Status::Succeeded),
             calls: Mutex::new(Vec::new()),
         };
-        let r = Record::default();
-        assert_eq!(decide(&p, &r, 3, &|| false), Decision::Abandon);
-        assert_eq!(*p.calls.lock().unwrap(), ["GET"]);
+        let r = record("pending", 1);
+        assert_eq!(decide(&p, &r, &policy(), &|| false), Decision::Abandon);
+        assert_eq!(*p.calls.lock().unwrap(), ["GET t"]);
     }
 }

@@ -4,12 +4,16 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod deploy;
 
 use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use deploy::SIDECAR_ACL;
 use pay_sidecar::standin::{Bank, Scripted, Slack};
 use redis::Connection;
 
@@ -19,28 +23,43 @@ struct Sidecar {
     _log: tempfile::NamedTempFile,
 }
 
+/// The options every test sidecar gets unless it names them itself.
+const DEFAULTS: &[(&str, &str)] = &[
+    ("--interval", "200ms"),
+    ("--lease", "3s"),
+    ("--timeout", "1s"),
+    ("--connect-timeout", "500ms"),
+    ("--alert-after", "1h"),
+    ("--retry-schedule", "500ms"),
+];
+
 impl Sidecar {
     /// Starts with short test defaults; `extra` options override them.
     fn start(redis: &Server, bank: &str, slack: Option<&str>, extra: &[&str]) -> Sidecar {
+        let mut args: Vec<String> = Vec::new();
+        for (name, value) in DEFAULTS {
+            if !extra.contains(name) {
+                args.extend([name.to_string(), value.to_string()]);
+            }
+        }
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Sidecar::launch(
+            &format!("redis://127.0.0.1:{}/", redis.port),
+            bank,
+            slack,
+            &args,
+        )
+    }
+
+    /// Starts with exactly these options.
+    fn launch(redis_url: &str, bank: &str, slack: Option<&str>, args: &[String]) -> Sidecar {
         let log = tempfile::NamedTempFile::new().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pay-sidecar"));
         cmd.arg("--redis-url")
-            .arg(format!("redis://127.0.0.1:{}/", redis.port))
+            .arg(redis_url)
             .arg("--bank-url")
-            .arg(bank);
-        let defaults = [
-            ("--interval", "200ms"),
-            ("--lease", "3s"),
-            ("--timeout", "1s"),
-            ("--connect-timeout", "500ms"),
-            ("--alert-after", "1h"),
-        ];
-        for (name, value) in defaults {
-            if !extra.contains(&name) {
-                cmd.arg(name).arg(value);
-            }
-        }
-        cmd.args(extra)
+            .arg(bank)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log.reopen().unwrap())
             .stderr(log.reopen().unwrap());
@@ -62,7 +81,17 @@ impl Sidecar {
         std::fs::read_to_string(self._log.path()).unwrap_or_default()
     }
 
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
     fn kill(&mut self) {
+        // A stopped process is killed as well (SIGKILL needs no SIGCONT).
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -91,44 +120,130 @@ fn wait_for<F: FnMut() -> bool>(what: &str, secs: u64, sidecar: &Sidecar, f: F) 
     );
 }
 
+/// Every status one payment has been seen in, polled every 10 ms on its own
+/// connection until dropped.
+struct Statuses {
+    seen: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Statuses {
+    fn watch(s: &Server, key: &str) -> Statuses {
+        let (seen, stop) = (
+            Arc::new(Mutex::new(Vec::<String>::new())),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (mut c, key) = (s.conn(), key.to_string());
+        let (log, flag) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                let v: redis::RedisResult<redis::Value> =
+                    redis::cmd("PAY.CHECK").arg(&key).query(&mut c);
+                if let Ok(v @ (redis::Value::Array(_) | redis::Value::Map(_))) = v {
+                    let status = record(&v)["status"].clone();
+                    let mut log = log.lock().unwrap();
+                    if log.last() != Some(&status) {
+                        log.push(status);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Statuses { seen, stop }
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits until the watcher has seen the payment in `status` last.
+    fn settle_on(&self, status: &str) {
+        let last = || self.seen().last().is_some_and(|s| s == status);
+        assert!(
+            wait_until(Duration::from_secs(5), last),
+            "{:?}",
+            self.seen()
+        );
+    }
+
+    fn assert_never_failed(&self) {
+        let seen = self.seen();
+        assert!(!seen.iter().any(|s| s == "failed"), "went through {seen:?}");
+    }
+}
+
+impl Drop for Statuses {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn messages_with(slack: &Slack, text: &str) -> Vec<String> {
+    slack
+        .messages()
+        .into_iter()
+        .filter(|m| m.contains(text))
+        .collect()
+}
+
 #[test]
 fn each_provider_answer_ends_in_the_right_status_and_reason() {
     let s = redis();
     let mut c = s.conn();
     let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 1);
     let cases: &[(&str, i64, &str, &str)] = &[
-        // (transaction, amount, final status, reason or reference must contain)
+        // (transaction, amount, status after one attempt, reason or reference must contain)
         ("known-ok", 1000, "succeeded", "ch_known"),
         ("known-failed", 1000, "failed", "failed at the provider"),
-        ("unknown", 1000, "succeeded", "ch_"),
+        ("never-seen", 1000, "succeeded", "ch_"),
         ("declined", 1013, "failed", "card declined"),
+        ("refused", 1000, "failed", "card expired"),
+        ("still-processing", 1000, "pending", "still processing"),
         ("in-progress", 1000, "pending", "409"),
         ("provider-5xx", 1000, "pending", "provider error 503"),
         ("rate-limited", 1000, "pending", "429"),
-        ("refused", 1000, "failed", "card expired"),
         ("hangs", 1000, "pending", "timed out"),
+        ("get-404-page", 1000, "pending", "configuration error"),
+        ("get-401", 1000, "pending", "401 Unauthorized"),
+        ("post-404-page", 1000, "pending", "configuration error"),
+        ("post-403", 1000, "pending", "403 Forbidden"),
+        ("post-400-page", 1000, "pending", "provider answered 400"),
+        ("get-422", 1000, "pending", "provider answered 422"),
     ];
     bank.know("known-ok", "succeeded", "ch_known");
     bank.know("known-failed", "failed", "ch_f");
-    let not_found = || Scripted::Reply(404, "{}".into());
-    bank.script(
-        "in-progress",
-        vec![not_found(), Scripted::Reply(409, "{}".into())],
-    );
-    bank.script("provider-5xx", vec![Scripted::Reply(503, "{}".into())]);
-    bank.script("rate-limited", vec![Scripted::Reply(429, "{}".into())]);
-    bank.script(
-        "refused",
-        vec![
-            not_found(),
-            Scripted::Reply(422, r#"{"message":"card expired"}"#.into()),
-        ],
-    );
+    bank.know("still-processing", "pending", "ch_p");
+    let page = |code: u16| Scripted::Reply(code, "<html><body>Error</body></html>".into());
+    let json = |code: u16, body: &str| Scripted::Reply(code, body.into());
+    // Normal first: the bank's own GET answer, 404 {"status":"not_found"}.
+    let then = |second: Scripted| vec![Scripted::Normal, second];
+    bank.script("in-progress", then(json(409, "{}")));
+    bank.script("provider-5xx", vec![json(503, "{}")]);
+    bank.script("rate-limited", vec![json(429, "{}")]);
+    bank.script("refused", then(json(422, r#"{"message":"card expired"}"#)));
     bank.script("hangs", vec![Scripted::Hang(Duration::from_millis(1500))]);
+    bank.script("get-404-page", vec![page(404)]);
+    bank.script("get-401", vec![json(401, r#"{"message":"bad key"}"#)]);
+    bank.script("post-404-page", then(page(404)));
+    bank.script("post-403", then(json(403, r#"{"message":"forbidden"}"#)));
+    bank.script("post-400-page", then(page(400)));
+    bank.script("get-422", vec![json(422, r#"{"message":"x"}"#)]);
     for (txn, amount, _, _) in cases {
         cache(&mut c, txn, "67890", *amount, "USD");
     }
-    let sidecar = Sidecar::start(&s, &bank.url, None, &["--lease", "10s", "--timeout", "1s"]);
+    let sidecar = Sidecar::start(
+        &s,
+        &bank.url,
+        None,
+        &[
+            "--lease",
+            "10s",
+            "--timeout",
+            "1s",
+            "--retry-schedule",
+            "1h",
+        ],
+    );
     for (txn, _, status, detail) in cases {
         wait_for(&format!("{txn} to be handled"), 15, &sidecar, || {
             let r = check(&mut c, txn).unwrap();
@@ -137,11 +252,30 @@ fn each_provider_answer_ends_in_the_right_status_and_reason() {
                 && r["attempts"] == "1"
         });
     }
-    // Known payments were never re-sent; the unknown ones were sent once.
+    // Known payments were never re-sent; the never-seen ones were sent once;
+    // nothing was sent after an answer that was not "not_found".
     let created = bank.creations();
     assert_eq!(created.get("known-ok"), Some(&1));
-    assert_eq!(created.get("unknown"), Some(&1));
+    assert_eq!(created.get("never-seen"), Some(&1));
     assert_eq!(created.get("declined"), Some(&1));
+    let posted: BTreeSet<String> = bank
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .filter_map(|r| r.idempotency_key)
+        .collect();
+    assert_eq!(
+        posted,
+        set(&[
+            "never-seen",
+            "declined",
+            "refused",
+            "in-progress",
+            "post-404-page",
+            "post-403",
+            "post-400-page"
+        ])
+    );
     assert_eq!(
         created.get("refused"),
         None,
@@ -166,45 +300,437 @@ fn an_unreachable_provider_is_a_transient_error() {
     });
 }
 
+/// Issue 12: a provider that answers "pending" for ever made the payment
+/// `failed` on its last attempt. Now it becomes `unknown`, is alerted (after
+/// the module's own pay.alert-after-ms, read from INFO) and re-alerted, is
+/// never sent, and resolves when the provider finally answers.
 #[test]
-fn after_max_attempts_the_payment_fails_and_an_alert_says_why() {
+fn a_payment_the_provider_keeps_processing_becomes_unknown_alerted_and_resolves_later() {
+    let s = Server::with(
+        Opts::sweeper(100, 20)
+            .module_arg("alert-after-ms")
+            .module_arg("300"),
+    );
+    let mut c = s.conn();
+    let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 11);
+    let slack = Slack::start(false);
+    cache(&mut c, "slow-1", "u", 2500, "EUR");
+    bank.know("slow-1", "pending", "ch_slow");
+    let statuses = Statuses::watch(&s, "slow-1");
+    // No --alert-after: the module's value is the default.
+    let args: Vec<String> = [
+        "--interval",
+        "200ms",
+        "--lease",
+        "3s",
+        "--timeout",
+        "1s",
+        "--max-attempts",
+        "2",
+        "--retry-schedule",
+        "200ms",
+        "--unknown-interval",
+        "1s",
+        "--alert-repeat",
+        "1s",
+    ]
+    .map(String::from)
+    .to_vec();
+    let sidecar = Sidecar::launch(
+        &format!("redis://127.0.0.1:{}/", s.port),
+        &bank.url,
+        Some(&slack.url),
+        &args,
+    );
+    wait_for("the payment to become unknown", 15, &sidecar, || {
+        check(&mut c, "slow-1").unwrap()["status"] == "unknown"
+    });
+    let r = check(&mut c, "slow-1").unwrap();
+    assert!(
+        r["reason"]
+            .starts_with("outcome unknown after 2 attempts: the provider is still processing it"),
+        "{r:?}"
+    );
+    assert!(
+        sidecar
+            .log()
+            .contains("alert after 300ms (the module's pay.alert-after-ms"),
+        "{}",
+        sidecar.log()
+    );
+    let alert = "outcome unknown after";
+    wait_for("the unknown alert", 10, &sidecar, || {
+        messages_with(&slack, alert).iter().any(|m| {
+            m.contains("`slow-1` 25.00 EUR")
+                && m.contains("check the provider, then `PAY.UPDATE slow-1 succeeded|failed`")
+        })
+    });
+    wait_for("the alert to repeat", 10, &sidecar, || {
+        messages_with(&slack, alert).len() >= 2
+    });
+    // Asked about again (GET), never sent.
+    let gets = bank.gets();
+    wait_for("the provider to be asked again", 10, &sidecar, || {
+        bank.gets() > gets
+    });
+    assert_eq!(check(&mut c, "slow-1").unwrap()["status"], "unknown");
+    // The provider finishes it: the next check resolves it.
+    bank.settle("slow-1", "succeeded", "ch_slow");
+    wait_for("the late answer to resolve it", 10, &sidecar, || {
+        let r = check(&mut c, "slow-1").unwrap();
+        r["status"] == "succeeded" && r["provider_ref"] == "ch_slow"
+    });
+    wait_for("the resolved message", 10, &sidecar, || {
+        messages_with(&slack, "resolved")
+            .iter()
+            .any(|m| m.contains("`slow-1` succeeded"))
+    });
+    statuses.assert_never_failed();
+    assert_eq!(bank.posts(), 0, "a payment the provider knew was sent");
+    assert_eq!(bank.creations().get("slow-1"), Some(&1));
+}
+
+/// Issue 12: a POST that charged the card but answered after the timeout
+/// left the payment `failed`. Now it is `unknown` (the last attempt gave no
+/// definite answer) until the next GET finds it charged: once.
+#[test]
+fn a_post_that_charges_after_the_timeout_is_never_failed_and_charged_once() {
+    let s = redis();
+    let mut c = s.conn();
+    let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 12);
+    bank.script(
+        "late-1",
+        vec![
+            Scripted::Normal,
+            Scripted::Slow(Duration::from_millis(1500)),
+        ],
+    );
+    cache(&mut c, "late-1", "u", 1000, "USD");
+    let statuses = Statuses::watch(&s, "late-1");
+    let sidecar = Sidecar::start(
+        &s,
+        &bank.url,
+        None,
+        &[
+            "--timeout",
+            "1s",
+            "--lease",
+            "3s",
+            "--max-attempts",
+            "1",
+            "--unknown-interval",
+            "1s",
+        ],
+    );
+    wait_for("the payment to succeed", 15, &sidecar, || {
+        check(&mut c, "late-1").unwrap()["status"] == "succeeded"
+    });
+    statuses.settle_on("succeeded");
+    statuses.assert_never_failed();
+    assert_eq!(
+        statuses.seen(),
+        ["pending", "unknown", "succeeded"],
+        "the timed-out POST should leave it unknown until the GET"
+    );
+    assert_eq!(bank.creations().get("late-1"), Some(&1), "charged once");
+    assert_eq!(bank.posts(), 1, "an unknown payment was sent again");
+    assert!(
+        sidecar.log().contains("provider timed out"),
+        "{}",
+        sidecar.log()
+    );
+}
+
+/// Issue 12: with the bank URL pointing at the wrong path, a proxy's plain
+/// 404 read as "never saw it" (then a POST) and as a refusal (then
+/// `failed`). Now: no POST at all, one configuration alert naming the
+/// problem, nothing failed.
+#[test]
+fn a_misrouted_bank_url_sends_nothing_fails_nothing_and_alerts_the_operator() {
+    let s = redis();
+    let mut c = s.conn();
+    let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 13);
+    let slack = Slack::start(false);
+    for k in ["wrong-1", "wrong-2"] {
+        cache(&mut c, k, "u", 1000, "USD");
+    }
+    let statuses = Statuses::watch(&s, "wrong-1");
+    let sidecar = Sidecar::start(
+        &s,
+        &format!("{}/v2", bank.url),
+        Some(&slack.url),
+        &["--max-attempts", "2", "--retry-schedule", "200ms"],
+    );
+    wait_for("both payments to run out of attempts", 15, &sidecar, || {
+        ["wrong-1", "wrong-2"]
+            .iter()
+            .all(|k| check(&mut c, k).unwrap()["status"] == "unknown")
+    });
+    let r = check(&mut c, "wrong-1").unwrap();
+    assert!(
+        r["reason"].contains("configuration error") && r["reason"].contains("404"),
+        "{r:?}"
+    );
+    let problem = "answered GET {bank-url}/payments/{id} 404 without {\"status\":\"not_found\"}";
+    wait_for("the configuration alert", 10, &sidecar, || {
+        !messages_with(&slack, problem).is_empty()
+    });
+    // Four attempts met the same problem: it is alerted once per repeat interval.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        messages_with(&slack, problem).len(),
+        1,
+        "{:?}",
+        slack.messages()
+    );
+    assert!(messages_with(&slack, problem)[0].contains("check --bank-url"));
+    statuses.assert_never_failed();
+    assert_eq!(
+        bank.posts(),
+        0,
+        "sent after a 404 page: {:?}",
+        bank.requests()
+    );
+    assert!(bank
+        .requests()
+        .iter()
+        .all(|r| r.path.starts_with("/v2/payments/")));
+    assert!(bank.creations().is_empty());
+}
+
+/// An outage that outlasts --max-attempts: the payment becomes `unknown`,
+/// not `failed`, and when the provider is back and has never heard of it,
+/// it is still not sent: a human decides. `PAY.UPDATE key pending` sends it
+/// back to the retries.
+#[test]
+fn an_unknown_payment_is_never_resent_until_an_operator_says_so() {
     let s = redis();
     let mut c = s.conn();
     let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 2);
     bank.set_outage(true);
-    let slack = Slack::start(false);
     cache(&mut c, "doomed", "u", 2500, "EUR");
+    let statuses = Statuses::watch(&s, "doomed");
+    let sidecar = Sidecar::start(
+        &s,
+        &bank.url,
+        None,
+        &[
+            "--max-attempts",
+            "2",
+            "--retry-schedule",
+            "200ms",
+            "--unknown-interval",
+            "300ms",
+        ],
+    );
+    wait_for("the payment to become unknown", 20, &sidecar, || {
+        check(&mut c, "doomed").unwrap()["status"] == "unknown"
+    });
+    let r = check(&mut c, "doomed").unwrap();
+    assert_eq!(r["attempts"], "2");
+    assert!(
+        r["reason"].starts_with("outcome unknown after 2 attempts: provider error 503"),
+        "{r:?}"
+    );
+    bank.set_outage(false);
+    wait_for(
+        "the provider's not_found to be recorded",
+        10,
+        &sidecar,
+        || check(&mut c, "doomed").unwrap()["reason"].contains("no record of it"),
+    );
+    let gets = bank.gets();
+    wait_for("another check", 10, &sidecar, || bank.gets() > gets);
+    assert_eq!(check(&mut c, "doomed").unwrap()["status"], "unknown");
+    assert_eq!(bank.posts(), 0, "an unknown payment was sent");
+    // The operator checked: it was never charged. Back to the retries.
+    update(&mut c, "doomed", "pending");
+    wait_for("the payment to be sent and succeed", 10, &sidecar, || {
+        check(&mut c, "doomed").unwrap()["status"] == "succeeded"
+    });
+    assert_eq!(bank.creations().get("doomed"), Some(&1));
+    statuses.assert_never_failed();
+}
+
+/// Issue 12: a worker stalled past its lease could still write its result
+/// after another worker claimed the payment. Sidecar A is stopped while its
+/// POST is at the provider; B claims the payment when A's lease runs out and
+/// resolves it; A, resumed, writes its stale result: FENCED, dropped.
+#[test]
+fn a_stalled_workers_late_write_is_fenced_and_the_second_workers_result_stands() {
+    let s = redis();
+    let mut c = s.conn();
+    let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 14);
+    bank.script(
+        "stall-1",
+        vec![Scripted::Normal, Scripted::Slow(Duration::from_millis(800))],
+    );
+    let opts = |me: &'static str| {
+        [
+            "--consumer",
+            me,
+            "--lease",
+            "4s",
+            "--timeout",
+            "1500ms",
+            "--concurrency",
+            "1",
+        ]
+    };
+    let mut a = Sidecar::start(&s, &bank.url, None, &opts("A"));
+    cache(&mut c, "stall-1", "u", 1000, "USD");
+    wait_for("A's POST to reach the provider", 10, &a, || {
+        bank.posts() == 1
+    });
+    a.signal("STOP");
+    let b = Sidecar::start(&s, &bank.url, None, &opts("B"));
+    wait_for("B to resolve the payment", 15, &b, || {
+        let r = check(&mut c, "stall-1").unwrap();
+        r["status"] == "succeeded" && r["lease_owner"] != "A" && r["attempts"] == "2"
+    });
+    let resolved = check(&mut c, "stall-1").unwrap();
+    a.signal("CONT");
+    wait_for("A's late write to be dropped", 10, &a, || {
+        a.log().contains("txn=stall-1 attempt=1 result")
+    });
+    let line = a
+        .log()
+        .lines()
+        .find(|l| l.contains("txn=stall-1 attempt=1 result"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(line.contains("another worker claimed it since"), "{line}");
+    assert!(line.contains("FENCED"), "{line}");
+    let r = check(&mut c, "stall-1").unwrap();
+    assert_eq!(r, resolved, "A's late write changed the record");
+    assert!(
+        b.log().contains("txn=stall-1 attempt=2 succeeded"),
+        "{}",
+        b.log()
+    );
+    assert_eq!(bank.creations().get("stall-1"), Some(&1), "charged once");
+    assert_eq!(bank.posts(), 1, "B sent it again");
+    a.kill();
+}
+
+/// Issue 12: the payments given up on lived in a round's memory and their
+/// alert was lost when another payment's update failed in the same round.
+/// Now one payment's key is replaced by a string and another's deleted while
+/// the provider is slow: the unknown payment is still alerted, and the
+/// sidecar goes on with the next payment.
+#[test]
+fn alerts_are_delivered_while_another_payments_update_fails_in_the_same_round() {
+    let s = redis();
+    let mut c = s.conn();
+    let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 15);
+    let slack = Slack::start(false);
+    bank.know("keeps-processing", "pending", "ch_k");
+    for k in ["replaced", "deleted"] {
+        bank.script(k, vec![Scripted::Hang(Duration::from_millis(1500))]);
+    }
+    for k in ["keeps-processing", "replaced", "deleted"] {
+        cache(&mut c, k, "u", 1000, "USD");
+    }
     let sidecar = Sidecar::start(
         &s,
         &bank.url,
         Some(&slack.url),
         &[
             "--max-attempts",
-            "2",
-            "--lease",
-            "2100ms",
+            "1",
+            "--alert-after",
+            "300ms",
             "--timeout",
             "1s",
         ],
     );
-    wait_for("the payment to fail", 20, &sidecar, || {
-        check(&mut c, "doomed").unwrap()["status"] == "failed"
+    let asked = |k: &str| {
+        let path = format!("/payments/{k}");
+        bank.requests().iter().any(|r| r.path == path)
+    };
+    wait_for("the slow calls to start", 10, &sidecar, || {
+        asked("replaced") && asked("deleted")
     });
-    let r = check(&mut c, "doomed").unwrap();
-    assert_eq!(r["attempts"], "2");
-    assert!(
-        r["reason"].starts_with("gave up after 2 attempts: provider error 503"),
-        "{r:?}"
-    );
-    wait_for("the alert", 10, &sidecar, || {
-        slack.messages().iter().any(|m| {
-            m.contains("failed after too many attempts") && m.contains("`doomed` 25.00 EUR")
-        })
+    let _: () = redis::cmd("SET")
+        .arg("replaced")
+        .arg("not a payment any more")
+        .query(&mut c)
+        .unwrap();
+    let _: i64 = redis::cmd("DEL").arg("deleted").query(&mut c).unwrap();
+    wait_for("the refused write to be logged", 10, &sidecar, || {
+        sidecar
+            .log()
+            .contains("txn=replaced attempt=1 result unknown not recorded")
     });
-    assert!(
-        bank.creations().is_empty(),
-        "nothing was charged during the outage"
+    assert!(sidecar.log().contains("WRONGTYPE"), "{}", sidecar.log());
+    assert_eq!(
+        check(&mut c, "keeps-processing").unwrap()["status"],
+        "unknown"
     );
+    wait_for("the unknown payment's alert", 10, &sidecar, || {
+        messages_with(&slack, "outcome unknown after 1 attempts")
+            .iter()
+            .any(|m| listed(m).contains("keeps-processing"))
+    });
+    // The sidecar goes on.
+    cache(&mut c, "next", "u", 1000, "USD");
+    wait_for("the next payment", 10, &sidecar, || {
+        check(&mut c, "next").unwrap()["status"] == "succeeded"
+    });
+}
+
+/// Issue 12: with keys like `payment:txn_1` the provider was sent the whole
+/// key, did not know it, and charged a second time. The module strips
+/// `pay.key-prefix`; the provider sees `txn_1` in the URL, the
+/// Idempotency-Key and the body, and charges once.
+#[test]
+fn keys_with_a_prefix_reach_the_provider_as_their_transaction_id() {
+    let s = Server::with(
+        Opts::sweeper(100, 20)
+            .module_arg("key-prefix")
+            .module_arg("payment:"),
+    );
+    let mut c = s.conn();
+    let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 16);
+    // txn_1: the application charged it before it crashed; txn_2: never sent.
+    bank.know("txn_1", "succeeded", "ch_app");
+    for k in ["payment:txn_1", "payment:txn_2"] {
+        let r = cache(&mut c, k, "u", 1000, "USD");
+        assert_eq!(r["transaction_id"], k.trim_start_matches("payment:"));
+    }
+    let sidecar = Sidecar::start(&s, &bank.url, None, &[]);
+    wait_for("both payments to succeed", 10, &sidecar, || {
+        ["payment:txn_1", "payment:txn_2"]
+            .iter()
+            .all(|k| check(&mut c, k).unwrap()["status"] == "succeeded")
+    });
+    assert_eq!(
+        check(&mut c, "payment:txn_1").unwrap()["provider_ref"],
+        "ch_app"
+    );
+    let seen: Vec<(String, String, Option<String>, Option<String>)> = bank
+        .requests()
+        .into_iter()
+        .map(|r| (r.method, r.path, r.idempotency_key, r.body_transaction_id))
+        .collect();
+    let some = |s: &str| Some(s.to_string());
+    assert_eq!(seen.iter().filter(|r| r.0 == "GET").count(), 2, "{seen:?}");
+    assert!(seen.contains(&("GET".into(), "/payments/txn_1".into(), None, None)));
+    assert!(seen.contains(&("GET".into(), "/payments/txn_2".into(), None, None)));
+    assert!(
+        seen.contains(&(
+            "POST".into(),
+            "/payments".into(),
+            some("txn_2"),
+            some("txn_2")
+        )),
+        "{seen:?}"
+    );
+    assert_eq!(bank.posts(), 1, "{seen:?}");
+    let created = bank.creations();
+    assert_eq!(created.get("txn_1"), Some(&1));
+    assert_eq!(created.get("txn_2"), Some(&1));
+    assert_eq!(created.len(), 2, "{created:?}");
 }
 
 #[test]
@@ -234,6 +760,9 @@ fn with_30_percent_of_provider_calls_failing_1000_payments_all_resolve_once() {
             "1s",
             "--max-attempts",
             "100",
+            // Past the stand-in's hang, so a retry never meets the hung call.
+            "--retry-schedule",
+            "1s",
         ],
     );
     wait_for("every payment to resolve", 120, &sidecar, || {
@@ -274,6 +803,8 @@ fn two_sidecars_one_killed_mid_round_still_resolve_everything_once() {
         "1s",
         "--max-attempts",
         "100",
+        "--retry-schedule",
+        "1s",
     ];
     let mut a = Sidecar::start(&s, &bank.url, None, &extra);
     let b = Sidecar::start(&s, &bank.url, None, &extra);
@@ -396,12 +927,7 @@ fn sigterm_stops_claiming_and_exits_promptly() {
     let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 6);
     let mut sidecar = Sidecar::start(&s, &bank.url, None, &["--shutdown-timeout", "2s"]);
     std::thread::sleep(Duration::from_millis(500));
-    let pid = sidecar.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    sidecar.signal("TERM");
     let exited = wait_until(Duration::from_secs(5), || {
         matches!(sidecar.child.try_wait(), Ok(Some(_)))
     });
@@ -432,11 +958,25 @@ fn metrics_and_health_are_served() {
         &["--metrics-addr", &addr, "--log-format", "json"],
     );
     wait_for("the payment", 10, &sidecar, || pending_count(&mut c) == 0);
+    // A 503 (no round finished yet) is an answer too, not an error.
     let get = |path: &str| -> (u16, String) {
-        let mut r = ureq::get(&format!("http://{addr}{path}")).call().unwrap();
+        let mut r = ureq::get(&format!("http://{addr}{path}"))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()
+            .unwrap();
         (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
     };
     wait_for("a healthy round", 5, &sidecar, || get("/healthz").0 == 200);
+    let (_, health) = get("/healthz");
+    let v: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(v["status"], "ok", "{v}");
+    assert_eq!(
+        v["primaries"][0]["address"],
+        format!("127.0.0.1:{}", s.port)
+    );
+    assert_eq!(v["primaries"][0]["reached"], true);
     let (_, text) = get("/metrics");
     assert!(
         text.contains("pay_sidecar_payments_total{outcome=\"succeeded\"} 1"),
@@ -453,36 +993,6 @@ fn metrics_and_health_are_served() {
 }
 
 /// The sidecar's ACL user: only what it needs (README recipe).
-const SIDECAR_ACL: &[&str] = &[
-    "on",
-    ">s3cret",
-    "resetkeys",
-    "~*",
-    "resetchannels",
-    "&pay:stale",
-    "-@all",
-    "+pay.stuck",
-    "+pay.claim",
-    "+pay.update",
-    "+pay.check",
-    "+info",
-    "+ping",
-    "+subscribe",
-    "+evalsha",
-    "+eval",
-    "+script|load",
-    "+zrange",
-    "+zscore",
-    "+zadd",
-    "+zremrangebyscore",
-    "+get",
-    "+set",
-    "+zrem",
-    "+rpush",
-    "+lindex",
-    "+lpop",
-];
-
 #[test]
 fn works_as_a_least_privilege_acl_user_from_the_url() {
     let s = redis();
@@ -497,28 +1007,28 @@ fn works_as_a_least_privilege_acl_user_from_the_url() {
     bank.set_outage(true);
     let slack = Slack::start(false);
     cache(&mut c, "acl-1", "u", 1000, "USD");
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_pay-sidecar"))
-        .arg("--redis-url")
-        .arg(format!("redis://sidecar:s3cret@127.0.0.1:{}/", s.port))
-        .arg("--bank-url")
-        .arg(&bank.url)
-        .arg("--slack-webhook-url")
-        .arg(&slack.url)
-        .args([
-            "--interval",
-            "200ms",
-            "--lease",
-            "2100ms",
-            "--timeout",
-            "1s",
-        ])
-        .args(["--alert-after", "300ms"])
-        .stdout(log.reopen().unwrap())
-        .stderr(log.reopen().unwrap())
-        .spawn()
-        .unwrap();
-    let sidecar = Sidecar { child, _log: log };
+    let args: Vec<String> = [
+        "--interval",
+        "200ms",
+        "--lease",
+        "2100ms",
+        "--timeout",
+        "1s",
+        "--retry-schedule",
+        "300ms",
+        "--alert-after",
+        "300ms",
+        "--max-attempts",
+        "100",
+    ]
+    .map(String::from)
+    .to_vec();
+    let sidecar = Sidecar::launch(
+        &format!("redis://sidecar:s3cret@127.0.0.1:{}/", s.port),
+        &bank.url,
+        Some(&slack.url),
+        &args,
+    );
     wait_for("an alert", 10, &sidecar, || !slack.messages().is_empty());
     bank.set_outage(false);
     wait_for("the payment to succeed", 10, &sidecar, || {

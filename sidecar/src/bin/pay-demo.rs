@@ -2,7 +2,8 @@
 //!
 //! Starts redis-server with the module, a stand-in payment provider, a Slack
 //! stand-in that prints what it receives, and the real `pay-sidecar` with
-//! short intervals; then plays the three stories redis-pay exists for, with a
+//! short intervals; then plays the stories redis-pay exists for (the three
+//! failures, and the rule behind them: unknown is not failed), with a
 //! narrated log, and ends with a summary table. Exits 0 when every story
 //! ended as it should.
 
@@ -94,7 +95,7 @@ fn app_pays(bank: &str, key: &str, user: &str, amount: i64) -> Result<(u16, Stri
 
 fn main() {
     match run() {
-        Ok(()) => say("\nAll three stories ended as they should."),
+        Ok(()) => say("\nAll four stories ended as they should."),
         Err(e) => {
             eprintln!("\ndemo failed: {e}");
             std::process::exit(1);
@@ -160,13 +161,14 @@ fn run() -> Result<(), String> {
         .arg("--slack-webhook-url")
         .arg(&slack.url)
         .args(["--interval", "1s", "--lease", "2500ms", "--timeout", "1s"])
+        .args(["--retry-schedule", "1s,2s", "--unknown-interval", "3s"])
         .args([
             "--alert-after",
             "4s",
             "--alert-repeat",
             "1h",
             "--max-attempts",
-            "50",
+            "6",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -205,8 +207,11 @@ fn run() -> Result<(), String> {
     say(&format!(
         "the app charges it once at the provider: HTTP {code}, reference {reference}"
     ));
-    store::update(&mut c, "txn_demo_1", "succeeded", None, Some(&reference))
-        .map_err(|e| e.to_string())?;
+    let change = store::Change {
+        reference: Some(&reference),
+        ..store::Change::default()
+    };
+    store::update(&mut c, "txn_demo_1", "succeeded", &change).map_err(|e| e.to_string())?;
     say("PAY.UPDATE txn_demo_1 succeeded: one payment, charged once");
 
     // Story 2.
@@ -270,19 +275,69 @@ fn run() -> Result<(), String> {
         r.attempts, r.provider_ref
     ));
 
+    // Story 4.
+    story("Story 4: the provider never gives a definite answer");
+    redis::cmd("PAY.CACHE")
+        .arg("txn_demo_4")
+        .arg("user_4")
+        .arg(7500)
+        .arg("USD")
+        .query::<redis::Value>(&mut c)
+        .map_err(|e| e.to_string())?;
+    bank.know("txn_demo_4", "pending", "ch_demo_4");
+    say("the app's charge for txn_demo_4 reached the provider, which answers \"still processing\" to every question");
+    let mut last = 0;
+    wait("txn_demo_4 to run out of attempts", 40, || {
+        let r = record(&mut c, "txn_demo_4");
+        if r.attempts > last && r.status == "pending" {
+            say(&format!("attempt {}: {}", r.attempts, r.reason));
+            last = r.attempts;
+        }
+        r.status == "unknown"
+    })?;
+    let r = record(&mut c, "txn_demo_4");
+    say(&format!(
+        "after {} attempts: status {}, NOT failed (the customer may have been charged; \"failed\" would ask them to pay again)",
+        r.attempts, r.status
+    ));
+    say(&format!("reason: {}", r.reason));
+    wait("the unknown alert", 15, || {
+        slack
+            .messages()
+            .iter()
+            .any(|m| m.contains("txn_demo_4") && m.contains("outcome unknown"))
+    })?;
+    say("Slack was told to check with the provider; the sidecar keeps asking (GET only, it never re-sends an unknown payment)");
+    bank.settle("txn_demo_4", "succeeded", "ch_demo_4");
+    say("the provider finally settles it");
+    wait("txn_demo_4 to resolve", 20, || {
+        record(&mut c, "txn_demo_4").status == "succeeded"
+    })?;
+    wait("the resolved message", 15, || {
+        slack
+            .messages()
+            .iter()
+            .any(|m| m.contains("resolved") && m.contains("txn_demo_4"))
+    })?;
+    let r = record(&mut c, "txn_demo_4");
+    say(&format!(
+        "the next question found it settled: {} (ref {}), charged once, and Slack heard it was resolved",
+        r.status, r.provider_ref
+    ));
+
     story("Summary");
     let creations = bank.creations();
     println!(
-        "{:<12} {:<10} {:>8} {:<8} {:>16} {:>14}",
+        "{:<12} {:<10} {:>8} {:<10} {:>16} {:>14}",
         "payment", "status", "attempts", "ref", "charged (times)", "Slack mentions"
     );
     let mut ok = true;
-    for key in ["txn_demo_1", "txn_demo_2", "txn_demo_3"] {
+    for key in ["txn_demo_1", "txn_demo_2", "txn_demo_3", "txn_demo_4"] {
         let r = record(&mut c, key);
         let charged = creations.get(key).copied().unwrap_or(0);
         let mentions = slack.messages().iter().filter(|m| m.contains(key)).count();
         println!(
-            "{:<12} {:<10} {:>8} {:<8} {:>16} {:>14}",
+            "{:<12} {:<10} {:>8} {:<10} {:>16} {:>14}",
             key, r.status, r.attempts, r.provider_ref, charged, mentions
         );
         ok &= r.status == "succeeded" && charged == 1;
