@@ -11,6 +11,13 @@
 //! thread's instructions over the calls, less what the timers ran meanwhile
 //! (`serverCron` and the module's sweeper tick, by callgrind's own inclusive
 //! costs): the event loop, the protocol, the command and its reply are in.
+//! Also out: the key comparisons of command-name lookups
+//! (`dictSdsKeyCaseCompare`). Redis hashes command names with a seed drawn at
+//! start, so how many names share a bucket with `set` or `PAY.LOAD`, and so
+//! how many comparisons each lookup makes, changes from one server process to
+//! the next: up to 2% of a `SET`. Taking all of them out (about 50
+//! instructions per lookup when nothing collides) makes the count the same in
+//! every process.
 //! No replica and no AOF are attached, so propagation ends where Redis finds
 //! nobody to send it to (the same for every case).
 //!
@@ -264,10 +271,12 @@ impl Drop for Valgrind {
 
 /// What one dump says.
 struct Profile {
-    /// Instructions per call, timers excluded.
+    /// Instructions per call, timers and command-name comparisons excluded.
     per_call: f64,
     /// The timers' instructions, excluded (for the record).
     timers: u64,
+    /// The command-name comparisons' instructions, excluded.
+    name_compares: u64,
     calls: usize,
     /// Inclusive instructions of each function of the server (C symbols, as
     /// callgrind_annotate names them `???:name`).
@@ -313,9 +322,14 @@ impl Profile {
             .iter()
             .map(|f| server_fns.get(*f).copied().unwrap_or(0))
             .sum();
+        let name_compares = server_fns
+            .get("dictSdsKeyCaseCompare")
+            .copied()
+            .unwrap_or(0);
         Profile {
-            per_call: total.saturating_sub(timers) as f64 / calls as f64,
+            per_call: total.saturating_sub(timers + name_compares) as f64 / calls as f64,
             timers,
+            name_compares,
             calls,
             server_fns,
         }
@@ -985,7 +999,7 @@ pub fn section(md: &mut String) {
 
     writeln!(
         md,
-        "Instructions the server's main thread executes per call under `valgrind --tool=callgrind`: the event loop, the protocol, the command and its reply; the timers (`serverCron`, the sweeper's tick) subtracted by their inclusive cost; no replica or AOF attached. A warm-up of a tenth as many calls first; then the counters are zeroed, the calls sent with the pipelining shown, and the counts dumped. The same binary with the same input gives the same counts whatever else the machine does: these ratios are the ones to trust. Writes start on an empty database each; reads use {READ_KEYS} keys of each kind loaded from an RDB; the PAY.CLAIM cases use databases of {need} ready payments, one of them after {leased} payments under a day's lease (RDB made by a normal server). Profiles: `callgrind_annotate --inclusive=yes target/bench-callgrind/<case>.out`.\n",
+        "Instructions the server's main thread executes per call under `valgrind --tool=callgrind`: the event loop, the protocol, the command and its reply; the timers (`serverCron`, the sweeper's tick) subtracted by their inclusive cost, and so are the key comparisons of command-name lookups (Redis hashes command names with a seed drawn at start, so how many names collide with the one looked up changes from process to process: up to 2% of a `SET`; about 50 instructions per lookup when none does); no replica or AOF attached. A warm-up of a tenth as many calls first; then the counters are zeroed, the calls sent with the pipelining shown, and the counts dumped. The same binary with the same input gives the same counts whatever else the machine does: these ratios are the ones to trust. Writes start on an empty database each; reads use {READ_KEYS} keys of each kind loaded from an RDB; the PAY.CLAIM cases use databases of {need} ready payments, one of them after {leased} payments under a day's lease (RDB made by a normal server). Profiles: `callgrind_annotate --inclusive=yes target/bench-callgrind/<case>.out`.\n",
         need = calls + calls / 10 + PIPELINE,
     )
     .unwrap();
@@ -1022,7 +1036,7 @@ pub fn section(md: &mut String) {
     }
     writeln!(
         md,
-        "\nWhere a PAY.* call's instructions go, split at the module API (a boundary nothing inlines across): the server around the command (event loop, protocol, dispatch, writing the reply out), the module's own code (parsing, the record, the index, JSON, the replication blob; with the context Redis makes for each module call), and each group of API calls with everything Redis does inside them.\n"
+        "\nWhere a PAY.* call's instructions go, split at the module API (a boundary nothing inlines across): the server around the command (event loop, protocol, dispatch, writing the reply out; the command-name comparisons taken out of the total come off this column, RM_Replicate's included), the module's own code (parsing, the record, the index, JSON, the replication blob; with the context Redis makes for each module call), and each group of API calls with everything Redis does inside them.\n"
     )
     .unwrap();
     let mut head = String::from(
@@ -1049,9 +1063,10 @@ pub fn section(md: &mut String) {
         .unwrap();
     }
     let timers: u64 = results.iter().map(|(_, p)| p.timers).sum();
+    let compares: u64 = results.iter().map(|(_, p)| p.name_compares).sum();
     writeln!(
         md,
-        "\nTimer instructions subtracted over the whole section: {timers}. Section time: {:.0} s.",
+        "\nSubtracted over the whole section: {timers} instructions of timers, {compares} of command-name comparisons. Section time: {:.0} s.",
         started.elapsed().as_secs_f64()
     )
     .unwrap();
