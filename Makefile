@@ -47,7 +47,7 @@ run: build ## redis-server with the module on 127.0.0.1:$(PORT), in the foregrou
 demo: build ## The whole product on local defaults, playing the four failure stories
 	target/release/pay-demo
 
-bench: build ## redis-pay against SET NX, Lua, hashes+zset, JSON strings: writes BENCHMARKS.md
+bench: build ## redis-pay against SET NX, Lua, hashes+zset, JSON strings (wall clock and callgrind instructions): writes BENCHMARKS.md
 	cargo bench -p pay-sidecar --bench compare
 
 clean: ## Remove build output
