@@ -31,7 +31,7 @@ test: build ## Unit tests; module suite on Redis 7.0, 8.2, Valkey 8.1, 9.1; side
 test-valgrind: build ## The module's integration suite under valgrind (Valkey, libc malloc), sweeper timing tests aside
 	rm -rf target/valgrind
 	PAY_SERVER=$(CURDIR)/scripts/valgrind-server.sh cargo test --test commands --test config \
-		--test index --test input --test persistence --test replication --test hardening -- --test-threads 2
+		--test index --test input --test persistence --test replication --test hardening --test neighbour -- --test-threads 2
 	scripts/valgrind-check.sh
 
 lint: ## cargo fmt --check and clippy with warnings as errors
@@ -47,7 +47,7 @@ run: build ## redis-server with the module on 127.0.0.1:$(PORT), in the foregrou
 demo: build ## The whole product on local defaults, playing the four failure stories
 	target/release/pay-demo
 
-bench: build ## redis-pay against SET NX, Lua, hashes+zset, JSON strings: writes BENCHMARKS.md
+bench: build ## redis-pay against SET NX, Lua, hashes+zset, JSON strings (wall clock and callgrind instructions): writes BENCHMARKS.md
 	cargo bench -p pay-sidecar --bench compare
 
 chaos: build ## Fault injection (Sentinel failovers, kills, provider faults) and a checker: CHAOS_SECONDS (60), CHAOS_SEED; writes CHAOS.md

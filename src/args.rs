@@ -99,7 +99,9 @@ pub fn parse_check<'a>(args: &[&'a [u8]]) -> Result<CheckArgs<'a>, PayError> {
     let [key, rest @ ..] = args else {
         return Err(PayError::Arity("PAY.CHECK"));
     };
-    let key = parse_key(key)?;
+    // Any key Redis lets a payment live under (RENAME, RESTORE): the
+    // key rules bind only PAY.CACHE, where payments are created.
+    let key: &[u8] = key;
     let mut json = false;
     let mut opts = Options::new(rest);
     while let Some(name) = opts.next_name()? {
@@ -116,7 +118,9 @@ pub fn parse_update<'a>(args: &[&'a [u8]]) -> Result<UpdateArgs<'a>, PayError> {
     let [key, status, rest @ ..] = args else {
         return Err(PayError::Arity("PAY.UPDATE"));
     };
-    let key = parse_key(key)?;
+    // Any key Redis lets a payment live under (RENAME, RESTORE): the
+    // key rules bind only PAY.CACHE, where payments are created.
+    let key: &[u8] = key;
     let status = Status::parse(status).ok_or_else(|| {
         PayError::arg("status must be one of pending, succeeded, failed, unknown")
     })?;
@@ -224,7 +228,9 @@ pub fn parse_load<'a>(args: &[&'a [u8]]) -> Result<LoadArgs<'a>, PayError> {
     let [key, blob, rest @ ..] = args else {
         return Err(PayError::Arity("PAY.LOAD"));
     };
-    let key = parse_key(key)?;
+    // Key rules bind the application (PAY.CACHE), not records in transit:
+    // any name Redis lets a payment live under is replayed as it is.
+    let key: &'a [u8] = key;
     let mut expire_at = None;
     let mut opts = Options::new(rest);
     while let Some(name) = opts.next_name()? {
@@ -603,6 +609,14 @@ mod tests {
         assert_eq!(a.expire_at, Some(1_700_000_000_000));
         assert!(parse_load(&[b"k"]).is_err());
         assert!(parse_load(&[b"k", b"b", b"PXAT", b"0"]).is_err());
+    }
+
+    #[test]
+    fn load_takes_any_key_redis_holds() {
+        let long = [b'x'; 300];
+        for key in [&long[..], b"tab\there", b"bin\x00\xff\r\n", b""] {
+            assert_eq!(parse_load(&[key, b"blob"]).unwrap().key, key);
+        }
     }
 
     #[test]

@@ -19,6 +19,8 @@ mod stats;
 mod store;
 mod sweep;
 
+use std::ffi::c_int;
+
 use redis_module::configuration::{
     register_i64_configuration, register_string_configuration, ConfigurationFlags,
 };
@@ -65,9 +67,46 @@ fn pay_claim(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     commands::claim(ctx, args)
 }
 
-/// PAY.LOAD key blob [PXAT unix-ms] (internal: replication and AOF)
-fn pay_load(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    commands::load(ctx, args)
+/// PAY.LOAD key blob [PXAT unix-ms] (internal: replication and AOF).
+/// Registered in [`setup`], not in the table below: where the server has the
+/// `internal` command flag (Redis 8.0+) ordinary clients do not even see it.
+extern "C" fn pay_load(
+    ctx: *mut raw::RedisModuleCtx,
+    argv: *mut *mut raw::RedisModuleString,
+    argc: c_int,
+) -> c_int {
+    let context = Context::new(ctx);
+    let args = redis_module::decode_args(ctx, argv, argc);
+    context.reply(commands::load(&context, args)) as c_int
+}
+
+/// Registers PAY.LOAD, as an internal command where the server knows the
+/// flag (an unknown flag fails the registration, so older servers get the
+/// second form). Either way the command itself refuses every client.
+fn register_load(ctx: &Context) -> Result<(), String> {
+    for flags in [c"write deny-oom internal", c"write deny-oom"] {
+        // SAFETY: called during OnLoad with our context; the name, flags and
+        // handler live for the whole program.
+        let status = unsafe {
+            raw::RedisModule_CreateCommand.map(|create| {
+                create(
+                    ctx.ctx,
+                    c"PAY.LOAD".as_ptr(),
+                    Some(pay_load),
+                    flags.as_ptr(),
+                    1,
+                    1,
+                    1,
+                )
+            })
+        };
+        if status == Some(raw::REDISMODULE_OK as c_int) {
+            let how = flags.to_str().unwrap_or_default();
+            ctx.log_notice(&format!("redis-pay: PAY.LOAD registered ({how})"));
+            return Ok(());
+        }
+    }
+    Err("cannot register PAY.LOAD".into())
 }
 
 /// RENAME and MOVE: the pending index follows the record.
@@ -87,6 +126,7 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
 
 fn setup(ctx: &Context, args: &[RedisString]) -> Result<(), String> {
     store::check_api()?;
+    register_load(ctx)?;
     let args: Vec<&[u8]> = args.iter().map(RedisString::as_slice).collect();
     let start = config::start_values(&args)?;
     *config::key_prefix() = start.key_prefix.clone();
@@ -115,6 +155,8 @@ fn setup(ctx: &Context, args: &[RedisString]) -> Result<(), String> {
     if loaded != Some(raw::REDISMODULE_OK as i32) {
         return Err("a pay.* configuration value was rejected".into());
     }
+    // Also declares HANDLE_IO_ERRORS (and async-load awareness) with
+    // RedisModule_SetModuleOptions.
     store::subscribe_server_events(ctx)?;
     sweep::start(ctx);
     Ok(())
@@ -172,7 +214,6 @@ redis_module! {
         ["PAY.UPDATE", pay_update, "write fast", 1, 1, 1, "", "pay"],
         ["PAY.STUCK", pay_stuck, "readonly", 0, 0, 0, "", "pay"],
         ["PAY.CLAIM", pay_claim, "write deny-oom", 0, 0, 0, "", "pay"],
-        ["PAY.LOAD", pay_load, "write deny-oom", 1, 1, 1, ""],
     ],
     event_handlers: [
         [@GENERIC: on_keyspace_event],

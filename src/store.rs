@@ -3,8 +3,8 @@
 //! moved or went.
 
 use std::ffi::{c_char, c_int, c_void, CStr};
-use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use redis_module::native_types::RedisType;
 use redis_module::{logging, raw, Context, NotifyEvent, RedisString};
@@ -46,6 +46,21 @@ impl Payment {
         });
         p.member = index().admit(db, p.handle(), p.facts());
         p
+    }
+
+    /// A payment an RDB load brings into database `db`. While a diskless
+    /// `swapdb` load fills databases aside it is not indexed: those
+    /// databases are indexed whole if and when Redis swaps them in (see
+    /// [`on_async_load`]).
+    fn loaded(db: i32, rec: Record) -> Box<Payment> {
+        if LOADING_ASIDE.load(Ordering::Relaxed) {
+            Box::new(Payment {
+                rec,
+                member: Member::NONE,
+            })
+        } else {
+            Payment::admitted(db, rec)
+        }
     }
 
     pub fn facts(&self) -> Facts {
@@ -181,7 +196,15 @@ pub fn check_api() -> Result<(), String> {
         RedisModule_KeyType,
         RedisModule_ModuleTypeGetType,
         RedisModule_ModuleTypeGetValue,
-        RedisModule_ModuleTypeSetValue
+        RedisModule_ModuleTypeSetValue,
+        RedisModule_IsIOError,
+        RedisModule_LoadStringBuffer,
+        RedisModule_Free,
+        RedisModule_SetModuleOptions,
+        RedisModule_CreateCommand,
+        RedisModule_Scan,
+        RedisModule_ScanCursorCreate,
+        RedisModule_ScanCursorDestroy
     );
     let missing: Vec<&str> = present
         .iter()
@@ -189,6 +212,8 @@ pub fn check_api() -> Result<(), String> {
         .map(|(name, _)| name.trim_start_matches("RedisModule_"))
         .collect();
     if missing.is_empty() {
+        // Looked up now, so the first write does not pay for it.
+        set_abs_expire();
         Ok(())
     } else {
         Err(format!(
@@ -198,17 +223,82 @@ pub fn check_api() -> Result<(), String> {
     }
 }
 
-/// Sets a key's expiry to an absolute Unix ms time. Exact where the server has
-/// `RedisModule_SetAbsExpire` (Redis 7.2+, Valkey); on Redis 7.0 it is set
-/// relative to this server's clock, which can land 1 ms later.
+/// `RedisModule_SetAbsExpire` (Redis 6.2.2 and later, Valkey).
+type SetAbsExpire = unsafe extern "C" fn(*mut raw::RedisModuleKey, raw::mstime_t) -> c_int;
+
+/// The server's `RedisModule_SetAbsExpire`, if it has one: the pointer the
+/// crate's API table holds, or else asked of the server by name, once.
+fn set_abs_expire() -> Option<SetAbsExpire> {
+    static FOUND: OnceLock<Option<SetAbsExpire>> = OnceLock::new();
+    *FOUND.get_or_init(|| {
+        // SAFETY: a by-value read of the table Redis filled in at init.
+        if let Some(f) = unsafe { raw::RedisModule_SetAbsExpire } {
+            return Some(f);
+        }
+        // SAFETY: as above.
+        let get_api = unsafe { raw::RedisModule_GetApi }?;
+        let mut found: Option<SetAbsExpire> = None;
+        // SAFETY: GetApi writes the function's address (a nullable function
+        // pointer, which is what `found` is) or nothing; the name is a C string.
+        let status = unsafe {
+            get_api(
+                c"RedisModule_SetAbsExpire".as_ptr(),
+                std::ptr::from_mut(&mut found).cast(),
+            )
+        };
+        if status == raw::REDISMODULE_OK as c_int {
+            found
+        } else {
+            None
+        }
+    })
+}
+
+/// Sets a key's expiry to an absolute Unix ms time: exact, so a replica and
+/// a reloaded AOF hold the primary's deadline to the millisecond. A server
+/// without `RedisModule_SetAbsExpire` (older than 6.2.2) gets it relative to
+/// its own clock, which can land 1 ms later.
 pub fn set_expire_at(key: *mut raw::RedisModuleKey, at_ms: i64) {
-    // SAFETY: reading the function-pointer table Redis filled in at init.
-    if let Some(set_abs) = unsafe { raw::RedisModule_SetAbsExpire } {
+    if let Some(set_abs) = set_abs_expire() {
         // SAFETY: `key` is an open writable key of the calling command.
         unsafe { set_abs(key, at_ms) };
     } else {
         let relative = at_ms.saturating_sub(now_ms()).max(1);
         rm!(RedisModule_SetExpire(key, relative));
+    }
+}
+
+/// A string buffer read from an RDB stream, freed on drop.
+struct IoBuffer {
+    ptr: *mut c_char,
+    len: usize,
+}
+
+impl IoBuffer {
+    /// The next string of `io`, or `None` when the read failed: with
+    /// `HANDLE_IO_ERRORS` declared, Redis flags the error and returns.
+    fn load(io: *mut raw::RedisModuleIO) -> Option<IoBuffer> {
+        let mut len = 0usize;
+        let ptr = rm!(RedisModule_LoadStringBuffer(io, &mut len));
+        let buffer = IoBuffer { ptr, len };
+        if ptr.is_null() || rm!(RedisModule_IsIOError(io)) != 0 {
+            return None;
+        }
+        Some(buffer)
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: Redis returned `len` readable bytes at `ptr` (not null:
+        // checked in `load`), which live until `drop`.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for IoBuffer {
+    fn drop(&mut self) {
+        if !self.ptr.is_null() {
+            rm!(RedisModule_Free(self.ptr.cast()));
+        }
     }
 }
 
@@ -221,7 +311,10 @@ unsafe extern "C" fn rdb_load(io: *mut raw::RedisModuleIO, encver: c_int) -> *mu
         );
         return std::ptr::null_mut();
     }
-    let Ok(buffer) = raw::load_string_buffer(io) else {
+    // Every read is checked: a short or malformed payload (RESTORE, a
+    // corrupted file, a broken replication stream) fails this value's load,
+    // which Redis reports as an error instead of stopping the server.
+    let Some(buffer) = IoBuffer::load(io) else {
         return std::ptr::null_mut();
     };
     let name = rm!(RedisModule_GetKeyNameFromIO(io));
@@ -230,7 +323,7 @@ unsafe extern "C" fn rdb_load(io: *mut raw::RedisModuleIO, encver: c_int) -> *mu
     } else {
         RedisString::string_as_slice(name)
     };
-    let rec = match codec::decode(key, buffer.as_ref()) {
+    let rec = match codec::decode(key, buffer.bytes()) {
         Ok(rec) => rec,
         Err(e) => {
             logging::log_io_error(
@@ -242,7 +335,7 @@ unsafe extern "C" fn rdb_load(io: *mut raw::RedisModuleIO, encver: c_int) -> *mu
         }
     };
     let db = rm!(RedisModule_GetDbIdFromIO(io));
-    Box::into_raw(Payment::admitted(db, rec)).cast()
+    Box::into_raw(Payment::loaded(db, rec)).cast()
 }
 
 /// # Safety
@@ -349,6 +442,19 @@ static SOURCE_DB: AtomicI32 = AtomicI32::new(-1);
 pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[u8]) {
     match event {
         "move_from" => SOURCE_DB.store(selected_db(ctx), Ordering::Relaxed),
+        // RESTORE while a diskless load fills databases aside (a writable
+        // replica): loaded unindexed, the record went into a database
+        // clients see.
+        "restore" if LOADING_ASIDE.load(Ordering::Relaxed) => {
+            let name = RedisString::create_from_slice(ctx.ctx, key);
+            let db = selected_db(ctx);
+            let k = PayKey::open(ctx, &name, false);
+            if let Ok(Some(p)) = k.payment() {
+                if p.member == Member::NONE {
+                    p.member = index().admit(db, p.handle(), p.facts());
+                }
+            }
+        }
         "rename_to" | "move_to" => {
             let name = RedisString::create_from_slice(ctx.ctx, key);
             let db = selected_db(ctx);
@@ -370,7 +476,9 @@ pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[
     }
 }
 
-/// Subscribes to FLUSHDB/FLUSHALL, SWAPDB, loading and replication role changes.
+/// Subscribes to FLUSHDB/FLUSHALL, SWAPDB, loading and replication role
+/// changes, then declares what the module handles: failed reads always,
+/// diskless `swapdb` loads when their events could be subscribed to.
 pub fn subscribe_server_events(ctx: &Context) -> Result<(), String> {
     for (id, callback) in [
         (
@@ -384,17 +492,118 @@ pub fn subscribe_server_events(ctx: &Context) -> Result<(), String> {
             on_role_change,
         ),
     ] {
-        let event = raw::RedisModuleEvent { id, dataver: 1 };
-        if rm!(RedisModule_SubscribeToServerEvent(
-            ctx.ctx,
-            event,
-            Some(callback)
-        )) != raw::REDISMODULE_OK as c_int
-        {
+        if !subscribe(ctx, id, callback) {
             return Err(format!("cannot subscribe to server event {id}"));
         }
     }
+    let mut options = raw::REDISMODULE_OPTIONS_HANDLE_IO_ERRORS;
+    if subscribe(ctx, raw::REDISMODULE_EVENT_REPL_ASYNC_LOAD, on_async_load) {
+        options |= raw::REDISMODULE_OPTIONS_HANDLE_REPL_ASYNC_LOAD;
+    } else {
+        ctx.log_notice(
+            "redis-pay: no async-load events on this server: \
+             replicas load a swapdb sync from disk",
+        );
+    }
+    rm!(RedisModule_SetModuleOptions(ctx.ctx, options as c_int));
     Ok(())
+}
+
+type ServerEventHandler =
+    unsafe extern "C" fn(*mut raw::RedisModuleCtx, raw::RedisModuleEvent, u64, *mut c_void);
+
+fn subscribe(ctx: &Context, id: u64, callback: ServerEventHandler) -> bool {
+    let event = raw::RedisModuleEvent { id, dataver: 1 };
+    rm!(RedisModule_SubscribeToServerEvent(
+        ctx.ctx,
+        event,
+        Some(callback)
+    )) == raw::REDISMODULE_OK as c_int
+}
+
+/// Whether a diskless `swapdb` load is filling databases aside: from its
+/// start to its end, whether completed or aborted.
+static LOADING_ASIDE: AtomicBool = AtomicBool::new(false);
+
+/// A diskless `swapdb` replica load fills databases clients do not see
+/// (with async loading they are served the old data set meanwhile). Its
+/// records are not indexed as they load: Redis 7.0 to 7.2 report database 0
+/// for every one of them (redis/redis#12947), and an aborted load's records
+/// are freed later on the lazy-free thread. So the index keeps the old data
+/// set, exactly, until Redis swaps the new one in; then it is rebuilt from
+/// the new keyspace. The old data set is freed later, on the lazy-free
+/// thread: its entries, flushed here, are ignored by then.
+unsafe extern "C" fn on_async_load(
+    ctx: *mut raw::RedisModuleCtx,
+    _eid: raw::RedisModuleEvent,
+    subevent: u64,
+    _data: *mut c_void,
+) {
+    match subevent {
+        raw::REDISMODULE_SUBEVENT_REPL_ASYNC_LOAD_STARTED => {
+            LOADING_ASIDE.store(true, Ordering::Relaxed);
+        }
+        raw::REDISMODULE_SUBEVENT_REPL_ASYNC_LOAD_COMPLETED => {
+            LOADING_ASIDE.store(false, Ordering::Relaxed);
+            reindex(&Context::new(ctx));
+        }
+        _ => LOADING_ASIDE.store(false, Ordering::Relaxed),
+    }
+}
+
+/// Forgets every index entry, then lists every payment of every database.
+fn reindex(ctx: &Context) {
+    let started = std::time::Instant::now();
+    let mut ix = index();
+    ix.flush(-1);
+    ix.begin_bulk();
+    let mut state = Reindex {
+        index: &mut ix,
+        db: 0,
+        records: 0,
+    };
+    // SelectDb fails past the last database.
+    while rm!(RedisModule_SelectDb(ctx.ctx, state.db)) == raw::REDISMODULE_OK as c_int {
+        let cursor = rm!(RedisModule_ScanCursorCreate());
+        let privdata = std::ptr::from_mut(&mut state).cast::<c_void>();
+        while rm!(RedisModule_Scan(
+            ctx.ctx,
+            cursor,
+            Some(reindex_key),
+            privdata
+        )) != 0
+        {}
+        rm!(RedisModule_ScanCursorDestroy(cursor));
+        state.db += 1;
+    }
+    let records = state.records;
+    ix.settle();
+    drop(ix);
+    ctx.log_notice(&format!(
+        "redis-pay: indexed {records} payments of the swapped-in data set in {:?}",
+        started.elapsed()
+    ));
+}
+
+struct Reindex<'a> {
+    index: &'a mut Index,
+    db: i32,
+    records: u64,
+}
+
+unsafe extern "C" fn reindex_key(
+    _ctx: *mut raw::RedisModuleCtx,
+    _name: *mut raw::RedisModuleString,
+    key: *mut raw::RedisModuleKey,
+    privdata: *mut c_void,
+) {
+    // SAFETY: `privdata` is the `Reindex` that `reindex` passes to
+    // RedisModule_Scan, alive and not otherwise borrowed during the scan.
+    let state = unsafe { &mut *privdata.cast::<Reindex>() };
+    if let Ok(Some(p)) = payment_in(key) {
+        p.member = state.index.admit(state.db, p.handle(), p.facts());
+        state.records += 1;
+    }
 }
 
 unsafe extern "C" fn on_flush(
@@ -455,12 +664,15 @@ unsafe extern "C" fn on_swapdb(
     index().swap_db(info.dbnum_first, info.dbnum_second);
 }
 
-/// Every write's companions: replicate the exact record the primary chose
-/// (with its absolute expiry, when it was set now) and announce the change.
+/// Every write's companions, in the only safe order: replicate the exact
+/// record the primary chose (with its absolute expiry, when it was set now),
+/// close the key, and only then announce the change. Nothing may touch the
+/// record after the event: another module's handler may delete it, and
+/// closing the key would read the freed value.
 pub fn publish(
     ctx: &Context,
-    key: &RedisString,
-    rec: &Record,
+    key: PayKey,
+    name: &RedisString,
     expire_at: Option<i64>,
     event: &CStr,
 ) {
@@ -469,11 +681,14 @@ pub fn publish(
         static BLOB: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     BLOB.with_borrow_mut(|blob| {
-        blob.clear();
-        codec::encode_into(rec, blob);
-        replicate(ctx, key, blob, expire_at);
+        if let Ok(Some(p)) = key.payment() {
+            blob.clear();
+            codec::encode_into(&p.rec, blob);
+            replicate(ctx, name, blob, expire_at);
+        }
     });
-    notify(ctx, event, key);
+    drop(key);
+    notify(ctx, event, name);
 }
 
 /// Raises a keyspace event of the module class.
@@ -510,6 +725,27 @@ fn replicate(ctx: &Context, key: &RedisString, blob: &[u8], expire_at: Option<i6
     };
 }
 
+/// The payment under an open key: `None` if the key is empty (or null),
+/// `WrongType` if it holds anything else.
+fn payment_in<'a>(key: *mut raw::RedisModuleKey) -> Result<Option<&'a mut Payment>, PayError> {
+    if key.is_null() {
+        return Ok(None);
+    }
+    let kind = rm!(RedisModule_KeyType(key));
+    if kind == raw::REDISMODULE_KEYTYPE_EMPTY as c_int {
+        return Ok(None);
+    }
+    if kind != raw::REDISMODULE_KEYTYPE_MODULE as c_int
+        || rm!(RedisModule_ModuleTypeGetType(key)) != *PAY_TYPE.raw_type.borrow()
+    {
+        return Err(PayError::WrongType);
+    }
+    let value = rm!(RedisModule_ModuleTypeGetValue(key)).cast::<Payment>();
+    // SAFETY: a value of our type; Redis runs one command at a time, so no
+    // other reference to it is live while its key is open.
+    Ok(unsafe { value.as_mut() })
+}
+
 /// An open key, seen as a payment slot. Closed on drop.
 pub struct PayKey {
     key: *mut raw::RedisModuleKey,
@@ -532,22 +768,7 @@ impl PayKey {
     /// it holds anything else.
     #[allow(clippy::mut_from_ref)]
     pub fn payment(&self) -> Result<Option<&mut Payment>, PayError> {
-        if self.key.is_null() {
-            return Ok(None);
-        }
-        let kind = rm!(RedisModule_KeyType(self.key));
-        if kind == raw::REDISMODULE_KEYTYPE_EMPTY as c_int {
-            return Ok(None);
-        }
-        if kind != raw::REDISMODULE_KEYTYPE_MODULE as c_int
-            || rm!(RedisModule_ModuleTypeGetType(self.key)) != *PAY_TYPE.raw_type.borrow()
-        {
-            return Err(PayError::WrongType);
-        }
-        let value = rm!(RedisModule_ModuleTypeGetValue(self.key)).cast::<Payment>();
-        // SAFETY: a value of our type; Redis runs one command at a time, so no
-        // other reference to it is live while this key is open.
-        Ok(unsafe { value.as_mut() })
+        payment_in(self.key)
     }
 
     /// Stores a new payment under this (empty, writable) key.

@@ -127,7 +127,7 @@ fn sweep(ctx: &Context) -> bool {
                 p.rec.stale = true;
                 key.keep_unresolved(ctx, &name);
                 index().change(p.member, before, p.facts(), entry.handle);
-                publish(ctx, &name, &p.rec, None, c"pay.stale");
+                publish(ctx, key, &name, None, c"pay.stale");
                 flagged += 1;
             }
             // Expired as the sweep opened it: the free callback dropped it.

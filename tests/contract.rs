@@ -503,3 +503,45 @@ fn stuck_orders_equal_ages_by_key_and_claim_stays_cheap_with_many_leased() {
     );
     assert_index_exact(&mut c, &[0]);
 }
+
+/// A pending record in codec version 2, created at `created_at`.
+fn v2_blob(created_at: i64) -> Vec<u8> {
+    let mut b = vec![2u8, 0, 0];
+    b.extend_from_slice(b"USD");
+    for n in [1i64, created_at, created_at] {
+        b.extend_from_slice(&n.to_le_bytes());
+    }
+    b.extend_from_slice(&0u32.to_le_bytes()); // attempts
+    b.extend_from_slice(&86_400u32.to_le_bytes()); // TTL
+    for s in [&b"u"[..], b"", b""] {
+        b.extend_from_slice(&(s.len() as u16).to_le_bytes());
+        b.extend_from_slice(s);
+    }
+    b
+}
+
+#[test]
+fn a_record_dated_ahead_of_the_clock_is_listed_and_swept() {
+    // Written by a primary whose clock ran an hour ahead (a failover to a
+    // replica whose clock is behind): OLDER 0 lists it, and the sweeper,
+    // which cannot age it, flags it at once.
+    let s = Server::with(Opts::sweeper(1000, 10));
+    let mut c = s.conn();
+    let now: i64 = cache(&mut c, "clock", "u", 1, "USD")["created_at"]
+        .parse()
+        .unwrap();
+    let payload = record_payload(&mut c, &v2_blob(now + 3_600_000));
+    let _: () = redis::cmd("RESTORE")
+        .arg("ahead")
+        .arg(0)
+        .arg(payload)
+        .query(&mut c)
+        .unwrap();
+    assert!(stuck_set(&mut c).contains("ahead"), "OLDER 0 lists it");
+    assert!(wait_until(Duration::from_secs(5), || check(
+        &mut c, "ahead"
+    )
+    .is_some_and(|r| r["stale"] == "1")));
+    assert_eq!(claim(&mut c, "w", 10, 60_000).len(), 2);
+    assert_index_exact(&mut c, &[0]);
+}

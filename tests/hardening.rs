@@ -248,6 +248,7 @@ fn acl(c: &mut redis::Connection, user: &str, rules: &[&str]) -> redis::Connecti
 fn acl_recipes_allow_what_each_user_needs_and_deny_the_rest() {
     let s = Server::start();
     let mut admin = s.conn();
+    let internal = has_internal_command_flag(&mut admin);
     cache(&mut admin, "payment:1", "u", 1, "USD");
     cache(&mut admin, "other:1", "u", 1, "USD");
     // The application: create and read payments under its prefix.
@@ -285,7 +286,11 @@ fn acl_recipes_allow_what_each_user_needs_and_deny_the_rest() {
         redis::cmd("PAY.LOAD").arg("payment:3").arg("x").clone(),
         redis::cmd("DEL").arg("payment:1").clone(),
     ] {
-        assert!(err(&mut app, &cmd).starts_with("NOPERM"), "{cmd:?}");
+        let e = err(&mut app, &cmd);
+        // Where PAY.LOAD is an internal command (Redis 8), clients do not
+        // see it at all.
+        let hidden = internal && e.contains("unknown command");
+        assert!(e.starts_with("NOPERM") || hidden, "{cmd:?}: {e}");
     }
     // Support staff: read any payment, list stuck ones and INFO, change
     // nothing.
@@ -423,8 +428,10 @@ fn application_commands_join_the_pay_acl_category_where_the_server_can() {
     let mut user = acl(&mut c, "payapp", &["on", ">pw", "~*", "-@all", "+@pay"]);
     assert_eq!(cache(&mut user, "k", "u", 1, "USD")["outcome"], "created");
     let e = err(&mut user, redis::cmd("PAY.LOAD").arg("k").arg("x"));
+    // Where PAY.LOAD is an internal command (Redis 8), clients do not see it.
+    let hidden = has_internal_command_flag(&mut c) && e.contains("unknown command");
     assert!(
-        e.starts_with("NOPERM"),
+        e.starts_with("NOPERM") || hidden,
         "PAY.LOAD must stay out of @pay: {e}"
     );
 }

@@ -20,7 +20,6 @@ fn cases() -> Vec<(Vec<Vec<u8>>, &'static str)> {
         ),
         (b(&[b"PAY.CHECK"]), "ERR wrong number of arguments"),
         (b(&[b"PAY.UPDATE", b"k"]), "ERR wrong number of arguments"),
-        (b(&[b"PAY.LOAD", b"k"]), "ERR wrong number of arguments"),
         // Key.
         (
             b(&[b"PAY.CACHE", &long_key, b"u", b"1", b"USD"]),
@@ -38,13 +37,11 @@ fn cases() -> Vec<(Vec<Vec<u8>>, &'static str)> {
             b(&[b"PAY.CACHE", b"k\r\n", b"u", b"1", b"USD"]),
             "ERR key must not contain control",
         ),
-        (
-            b(&[b"PAY.CHECK", &long_key]),
-            "ERR key must be 1 to 255 bytes",
-        ),
+        // PAY.CHECK and PAY.UPDATE take any key Redis holds: a payment may
+        // have been renamed there.
         (
             b(&[b"PAY.UPDATE", &long_key, b"failed"]),
-            "ERR key must be 1 to 255 bytes",
+            "NOPAYMENT no such payment",
         ),
         // user_id.
         (
@@ -188,12 +185,9 @@ fn cases() -> Vec<(Vec<Vec<u8>>, &'static str)> {
             b(&[b"PAY.STUCK", b"SIDEWAYS"]),
             "ERR unknown option 'SIDEWAYS'",
         ),
-        // PAY.LOAD with bytes that are not a record.
-        (
-            b(&[b"PAY.LOAD", b"k", b"garbage"]),
-            "ERR invalid payment record",
-        ),
-        (b(&[b"PAY.LOAD", b"k", b""]), "ERR invalid payment record"),
+        // (PAY.LOAD refuses clients whatever its arguments: tests/safety.rs.
+        // Bytes that are not a record: the codec's tests and the RESTORE
+        // fuzz there.)
     ];
     // Amounts: floats, signs, spaces, overflow, leading zeros, binary.
     for bad in [
@@ -344,7 +338,7 @@ fn hostile(rng: &mut fastrand::Rng) -> Vec<Vec<u8>> {
                     open_ended = true;
                 }
                 1 => c.push(s("YAML")),
-                _ => c[1] = vec![b'k'; 300],
+                _ => c.extend([s("JSON"), s("JSON")]),
             }
             c
         }
@@ -412,10 +406,19 @@ fn a_storm_of_hostile_commands_changes_nothing_and_never_crashes() {
     let d = digest(&mut c);
     let mut rng = fastrand::Rng::with_seed(0x9a7_5eed);
     let mut sent = 0;
-    while sent < COMMANDS {
+    let mut generated = 0;
+    // Where PAY.LOAD is an internal command (Redis 8) it does not exist for
+    // clients: the server answers its own unknown-command error, echoing
+    // (binary) arguments, before the module sees it. Not sent there.
+    let internal = has_internal_command_flag(&mut c);
+    while generated < COMMANDS {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        let batch: Vec<Vec<Vec<u8>>> = (0..1000).map(|_| hostile(&mut rng)).collect();
+        let batch: Vec<Vec<Vec<u8>>> = (0..1000)
+            .map(|_| hostile(&mut rng))
+            .filter(|cmd| !(internal && cmd[0] == b"PAY.LOAD"))
+            .collect();
+        generated += 1000;
         for cmd in &batch {
             let mut r = redis::cmd(std::str::from_utf8(&cmd[0]).unwrap());
             for a in &cmd[1..] {
@@ -437,7 +440,7 @@ fn a_storm_of_hostile_commands_changes_nothing_and_never_crashes() {
         sent += batch.len();
     }
     assert_eq!(digest(&mut c), d, "the storm changed the data");
-    assert_eq!(info_field(&mut c, "errors"), COMMANDS as i64);
+    assert_eq!(info_field(&mut c, "errors"), sent as i64);
     assert_index_exact(&mut c, &[0]);
 }
 
@@ -462,17 +465,25 @@ fn a_forged_record_dated_past_year_9999_is_refused_and_json_never_crashes() {
     let mut c = s.conn();
     // A record from far in the future: no command could write it.
     let far = 300_000_000_000_000i64;
-    let e = err(&mut c, redis::cmd("PAY.LOAD").arg("far").arg(blob(1, far)));
+    // (PAY.LOAD refuses clients: the forged record comes as a RESTORE
+    // payload, and its load fails with a log line naming the reason.)
+    let payload = record_payload(&mut c, &blob(1, far));
+    let e = err(&mut c, redis::cmd("RESTORE").arg("far").arg(0).arg(payload));
+    assert!(e.starts_with("ERR Bad data format"), "{e}");
     assert!(
-        e.starts_with("ERR invalid payment record: timestamps beyond year 9999"),
-        "{e}"
+        s.log()
+            .contains("invalid payment record: timestamps beyond year 9999"),
+        "{}",
+        s.log()
     );
     assert_eq!(check(&mut c, "far"), None);
     // The latest timestamp a record may hold still renders.
     let last = 253_402_300_799_999i64;
-    let _: () = redis::cmd("PAY.LOAD")
+    let payload = record_payload(&mut c, &blob(last, last));
+    let _: () = redis::cmd("RESTORE")
         .arg("last")
-        .arg(blob(last, last))
+        .arg(0)
+        .arg(payload)
         .query(&mut c)
         .unwrap();
     let json: String = redis::cmd("PAY.CHECK")

@@ -10,10 +10,16 @@
 //! 5. pay-sidecar throughput against the stand-in provider, as a fraction of
 //!    the ideal (concurrency / latency).
 //! 6. PAY.CLAIM COUNT 1 with 300,000 payments under lease against none.
+//! 7. The server's instructions per call under callgrind, every command
+//!    against its baseline (see `callgrind/mod.rs`).
+//! 8. End to end at pipeline 1 with redis-benchmark, a C client.
 //!
 //! Environment: BENCH_RECORDS (default 1000000), BENCH_OPS (default 100000),
-//! BENCH_ONLY (e.g. `2,4`: only those sections, printed, BENCHMARKS.md untouched).
+//! BENCH_CG_CALLS and BENCH_CG_LEASED (section 7), BENCH_ONLY (e.g. `2,4`:
+//! only those sections, printed, BENCHMARKS.md untouched).
 
+mod c_client;
+mod callgrind;
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
@@ -733,6 +739,18 @@ fn main() {
             verdict(ratio <= 2.0)
         )
         .unwrap();
+    }
+
+    // 7. Instructions per call.
+    if want(7) {
+        println!("7. instructions per call (callgrind) ...");
+        callgrind::section(&mut md);
+    }
+
+    // 8. End to end with a C client.
+    if want(8) {
+        println!("8. pipeline 1 with redis-benchmark ...");
+        c_client::section(&mut md, ops);
     }
 
     if only.is_some() {

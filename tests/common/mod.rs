@@ -801,3 +801,249 @@ pub fn migrate_slot_by_keys(from: &Server, to: &Server, slot: u16) {
     setslot(&mut t, "NODE", &to_id);
     setslot(&mut f, "NODE", &to_id);
 }
+
+// ---------------------------------------------------------------------------
+// Module safety (issue 11): payloads, binary-safe snapshots, server versions.
+// ---------------------------------------------------------------------------
+
+/// Redis's CRC-64 (Jones polynomial, reflected, no final xor): what a DUMP
+/// payload ends with, little-endian.
+pub fn crc64_jones(bytes: &[u8]) -> u64 {
+    const POLY: u64 = 0x95ac_9329_ac4b_c9b5; // 0xad93d23594c935a9 reflected
+    static TABLE: std::sync::OnceLock<[u64; 256]> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut t = [0u64; 256];
+        for (i, slot) in t.iter_mut().enumerate() {
+            let mut crc = i as u64;
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ POLY
+                } else {
+                    crc >> 1
+                };
+            }
+            *slot = crc;
+        }
+        t
+    });
+    bytes.iter().fold(0u64, |crc, &b| {
+        table[((crc ^ u64::from(b)) & 0xff) as usize] ^ (crc >> 8)
+    })
+}
+
+/// A DUMP payload: `value` (an RDB value), the 2-byte RDB version, and a
+/// valid CRC over both.
+pub fn seal_payload(value: &[u8], version: [u8; 2]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len() + 10);
+    out.extend_from_slice(value);
+    out.extend_from_slice(&version);
+    let crc = crc64_jones(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// A DUMP payload's RDB value and RDB version.
+pub fn split_payload(payload: &[u8]) -> (&[u8], [u8; 2]) {
+    assert!(payload.len() > 10, "short DUMP payload");
+    let (value, trailer) = payload.split_at(payload.len() - 10);
+    (value, [trailer[0], trailer[1]])
+}
+
+pub fn dump(c: &mut Connection, key: &[u8]) -> Option<Vec<u8>> {
+    redis::cmd("DUMP").arg(key).query(c).unwrap()
+}
+
+/// A field of an INFO section, as text.
+pub fn info_str(c: &mut Connection, section: &str, field: &str) -> Option<String> {
+    let info: String = redis::cmd("INFO").arg(section).query(c).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().to_string())
+}
+
+/// Redis 8.0 and later have the `internal` command flag.
+pub fn has_internal_command_flag(c: &mut Connection) -> bool {
+    let (name, (major, _)) = server_version(c);
+    name == "redis" && major >= 8
+}
+
+/// Every key of the current database, by SCAN, as bytes.
+pub fn all_keys_bytes(c: &mut Connection) -> BTreeSet<Vec<u8>> {
+    let mut cursor = 0u64;
+    let mut keys = BTreeSet::new();
+    loop {
+        let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(1000)
+            .query(c)
+            .unwrap();
+        keys.extend(batch);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+    }
+}
+
+/// Every key of the given databases, byte for byte: its DUMP and its
+/// absolute expiry (PEXPIRETIME).
+pub type RawSnapshot = BTreeMap<(i64, Vec<u8>), (Vec<u8>, i64)>;
+
+pub fn raw_snapshot(c: &mut Connection, dbs: &[i64]) -> RawSnapshot {
+    let mut out = BTreeMap::new();
+    for &db in dbs {
+        select(c, db);
+        for key in all_keys_bytes(c) {
+            let mut pipe = redis::pipe();
+            pipe.cmd("DUMP").arg(&key).cmd("PEXPIRETIME").arg(&key);
+            let (payload, at): (Option<Vec<u8>>, i64) = pipe.query(c).unwrap();
+            if let Some(payload) = payload {
+                out.insert((db, key), (payload, at));
+            }
+        }
+    }
+    select(c, 0);
+    out
+}
+
+/// Two raw snapshots are equal; on failure, says briefly how they differ.
+pub fn assert_same_bytes(a: &RawSnapshot, b: &RawSnapshot, what: &str) {
+    let show = |keys: Vec<&(i64, Vec<u8>)>| -> String {
+        let shown: Vec<String> = keys
+            .iter()
+            .take(5)
+            .map(|(db, k)| format!("{db}:{:?}", String::from_utf8_lossy(k)))
+            .collect();
+        format!("{} keys, e.g. {}", keys.len(), shown.join(", "))
+    };
+    let only_a: Vec<_> = a.keys().filter(|k| !b.contains_key(*k)).collect();
+    let only_b: Vec<_> = b.keys().filter(|k| !a.contains_key(*k)).collect();
+    let changed: Vec<_> = a
+        .iter()
+        .filter(|(k, v)| b.get(*k).is_some_and(|w| w != *v))
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        only_a.is_empty() && only_b.is_empty() && changed.is_empty(),
+        "{what}: only in the first: {}; only in the second: {}; changed: {}",
+        show(only_a),
+        show(only_b),
+        show(changed)
+    );
+}
+
+/// Waits until `r` reports its link to the primary up.
+pub fn wait_link_up(r: &mut Connection) {
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            info_str(r, "replication", "master_link_status").as_deref() == Some("up")
+        }),
+        "replica link not up"
+    );
+}
+
+/// WAIT for `n` replicas to acknowledge everything written so far.
+pub fn wait_replicas(p: &mut Connection, n: i64) {
+    let acked: i64 = redis::cmd("WAIT").arg(n).arg(10_000).query(p).unwrap();
+    assert_eq!(acked, n, "replicas did not acknowledge");
+}
+
+/// Waits for a background AOF rewrite to finish.
+pub fn wait_aof_rewrite(c: &mut Connection) {
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            info_str(c, "persistence", "aof_rewrite_in_progress").as_deref() == Some("0")
+                && info_str(c, "persistence", "aof_rewrite_scheduled").as_deref() == Some("0")
+        }),
+        "AOF rewrite did not finish"
+    );
+}
+
+/// The neighbour module (tests/neighbour/neighbour.c), built once per test
+/// process with `cc -shared -fPIC` against the redismodule.h the
+/// redis-module crate ships (or `PAY_REDISMODULE_H`'s directory).
+pub fn neighbour_module() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let source = [here, here.parent().unwrap_or(here)]
+                .iter()
+                .map(|d| d.join("tests/neighbour/neighbour.c"))
+                .find(|p| p.exists())
+                .expect("tests/neighbour/neighbour.c");
+            let include = redismodule_h_dir();
+            let out_dir = option_env!("CARGO_TARGET_TMPDIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir);
+            std::fs::create_dir_all(&out_dir).expect("create the build directory");
+            let out = out_dir.join(format!("neighbour-{}.so", std::process::id()));
+            let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+                .args(["-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-std=c99"])
+                .arg("-I")
+                .arg(&include)
+                .arg("-o")
+                .arg(&out)
+                .arg(&source)
+                .status()
+                .expect("run cc");
+            assert!(status.success(), "cc failed to build the neighbour module");
+            out
+        })
+        .clone()
+}
+
+/// Where redismodule.h is: `PAY_REDISMODULE_H` (a directory), or the
+/// redis-module crate's copy in the cargo registry.
+fn redismodule_h_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("PAY_REDISMODULE_H") {
+        return PathBuf::from(dir);
+    }
+    let cargo_home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo")
+        });
+    let registry = cargo_home.join("registry/src");
+    std::fs::read_dir(&registry)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|index| index.path().join("redis-module-2.0.8/src/include"))
+        .find(|dir| dir.join("redismodule.h").exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "no redis-module-2.0.8 redismodule.h under {}",
+                registry.display()
+            )
+        })
+}
+
+/// A RESTORE payload holding the record `blob` (the codec's bytes): how a
+/// test writes a record no command could, now that PAY.LOAD refuses
+/// clients. The module id and RDB version come from a DUMP of a scratch
+/// payment, created and deleted here.
+pub fn record_payload(c: &mut Connection, blob: &[u8]) -> Vec<u8> {
+    let scratch = "__record_payload_scratch__";
+    cache(c, scratch, "u", 1, "USD");
+    let model = dump(c, scratch.as_bytes()).expect("DUMP of a payment");
+    let _: () = redis::cmd("DEL").arg(scratch).query(c).unwrap();
+    let (value, version) = split_payload(&model);
+    // Type (module, encoding 2), 0x81 and the 8-byte module id; then the
+    // record as one string (opcode 5, RDB length, bytes) and the EOF opcode.
+    let mut v = value[..10].to_vec();
+    v.push(5);
+    let n = blob.len();
+    if n < 64 {
+        v.push(n as u8);
+    } else if n < 16_384 {
+        v.extend_from_slice(&[0x40 | (n >> 8) as u8, n as u8]);
+    } else {
+        v.push(0x80);
+        v.extend_from_slice(&(n as u32).to_be_bytes());
+    }
+    v.extend_from_slice(blob);
+    v.push(0);
+    seal_payload(&v, version)
+}
