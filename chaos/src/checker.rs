@@ -319,7 +319,7 @@ fn everything_resolved_or_alerted(ev: &Evidence) -> Verdict {
     }
     let finding = (counted > 0).then(|| {
         format!(
-            "Slack named {alerted} of the {unknown} unknown payments; {counted} were only counted (\"… and N more\"): the sidecar lists 10 payments per message and its repeats list the oldest ones again, so a payment that turns unknown together with ten others may never be named in Slack (PAY.STUCK lists it)"
+            "Slack named {alerted} of the {unknown} unknown payments; {counted} only counted (\"… and N more\"): the sidecar lists 10 payments per message and its repeats list the oldest ones again, so a payment that turns unknown together with ten others may never be named in Slack (PAY.STUCK lists it)"
         )
     });
     Verdict {
@@ -417,5 +417,157 @@ fn processes_and_index(ev: &Evidence) -> Verdict {
         ),
         violations,
         finding: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(txn: &str, user: &str, amount: i64, caller: &str) -> Entry {
+        Entry {
+            at_ms: 1000,
+            txn: txn.into(),
+            key: txn.into(),
+            user: user.into(),
+            amount,
+            caller: caller.into(),
+            reference: format!("ch_{txn}"),
+        }
+    }
+
+    fn record(status: &str) -> Record {
+        [("status".to_string(), status.to_string())].into()
+    }
+
+    struct World {
+        stories: BTreeMap<u64, Story>,
+        charges: Vec<Entry>,
+        declines: Vec<Entry>,
+        servers: Vec<ServerState>,
+        named: BTreeSet<String>,
+    }
+
+    impl World {
+        fn new(records: &[(&str, &str)]) -> World {
+            let records: BTreeMap<String, Record> = records
+                .iter()
+                .map(|(k, st)| (format!("payment:{k}"), record(st)))
+                .collect();
+            let index = records
+                .iter()
+                .filter(|(_, r)| matches!(r["status"].as_str(), "pending" | "unknown"))
+                .map(|(k, _)| k.clone())
+                .collect::<BTreeSet<_>>();
+            let server = |name: &str, role: &str| ServerState {
+                name: name.into(),
+                role: role.into(),
+                records: records.clone(),
+                index: index.clone(),
+            };
+            World {
+                stories: BTreeMap::new(),
+                charges: Vec::new(),
+                declines: Vec::new(),
+                servers: vec![server("a", "master"), server("b", "slave")],
+                named: BTreeSet::new(),
+            }
+        }
+
+        fn check(&self) -> Vec<Verdict> {
+            check(&Evidence {
+                stories: &self.stories,
+                charges: &self.charges,
+                declines: &self.declines,
+                alerted_unknown: &self.named,
+                counted_unknown: &BTreeSet::new(),
+                accept_counted: true,
+                servers: &self.servers,
+                deaths: &[],
+                index_misses: &BTreeMap::new(),
+                key_prefix: "payment:",
+            })
+        }
+    }
+
+    fn broken(verdicts: &[Verdict]) -> Vec<u8> {
+        verdicts
+            .iter()
+            .filter(|v| !v.holds())
+            .map(|v| v.number)
+            .collect()
+    }
+
+    #[test]
+    fn a_clean_history_passes() {
+        let mut w = World::new(&[("t1", "succeeded"), ("t2", "failed"), ("t3", "unknown")]);
+        w.charges.push(entry("t1", "u1", 100, "app"));
+        w.declines.push(entry("t2", "u2", 113, "sidecar-1"));
+        w.named.insert("payment:t3".into());
+        assert_eq!(broken(&w.check()), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn a_second_charge_of_one_key_is_a_double_charge() {
+        let mut w = World::new(&[("t1", "succeeded")]);
+        w.charges.push(entry("t1", "u1", 100, "app"));
+        w.charges.push(entry("t1", "u1", 100, "sidecar-2"));
+        let v = w.check();
+        assert_eq!(broken(&v), [1]);
+        assert!(
+            v[0].violations[0].contains("charged 2 times"),
+            "{:?}",
+            v[0].violations
+        );
+    }
+
+    #[test]
+    fn a_charged_payment_marked_failed_is_caught() {
+        let mut w = World::new(&[("t1", "failed")]);
+        w.charges.push(entry("t1", "u1", 100, "app"));
+        assert_eq!(broken(&w.check()), [2]);
+    }
+
+    #[test]
+    fn failed_without_a_decline_is_caught() {
+        let w = World::new(&[("t1", "failed")]);
+        assert_eq!(broken(&w.check()), [2]);
+    }
+
+    #[test]
+    fn a_charge_without_its_payment_is_a_lost_payment() {
+        let mut w = World::new(&[]);
+        w.charges.push(entry("t9", "u9", 100, "sidecar-1"));
+        assert_eq!(broken(&w.check()), [3]);
+    }
+
+    #[test]
+    fn an_acknowledged_payment_that_is_gone_is_caught() {
+        let mut w = World::new(&[]);
+        w.stories.insert(
+            1,
+            Story {
+                key: "payment:t1".into(),
+                acknowledged: true,
+                ..Story::default()
+            },
+        );
+        assert_eq!(broken(&w.check()), [3]);
+    }
+
+    #[test]
+    fn pending_after_settling_and_unalerted_unknown_are_caught() {
+        let w = World::new(&[("t1", "pending"), ("t2", "unknown")]);
+        let v = w.check();
+        assert_eq!(broken(&v), [4]);
+        assert_eq!(v[3].violations.len(), 2);
+    }
+
+    #[test]
+    fn an_index_that_differs_from_the_keyspace_is_caught() {
+        let mut w = World::new(&[("t1", "unknown")]);
+        w.named.insert("payment:t1".into());
+        w.servers[1].index.clear();
+        assert_eq!(broken(&w.check()), [5]);
     }
 }

@@ -307,3 +307,29 @@ pub fn tally(done: &[Done]) -> BTreeMap<Kind, (u32, u32)> {
     }
     t
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_gives_the_same_schedule_inside_the_window() {
+        let (warmup, end) = (Duration::from_secs(3), Duration::from_secs(120));
+        let a = schedule(7, warmup, end);
+        let b = schedule(7, warmup, end);
+        let key = |s: &Schedule| {
+            s.events
+                .iter()
+                .map(|e| (e.at_ms, e.kind, e.hold_ms, e.sidecar, e.rejoin))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(key(&a), key(&b));
+        assert!(!a.events.is_empty() && !a.windows.is_empty());
+        assert!(a.events.iter().all(|e| (3000..120_000).contains(&e.at_ms)));
+        assert!(a
+            .windows
+            .iter()
+            .all(|w| w.start_ms >= 3000 && w.start_ms < w.end_ms && w.end_ms <= 120_000));
+        assert_ne!(key(&a), key(&schedule(8, warmup, end)));
+    }
+}

@@ -71,3 +71,14 @@ pub fn keys_in(text: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::keys_in;
+
+    #[test]
+    fn keys_are_read_from_their_backticks_only() {
+        let text = "• `payment:t1` 1.00 USD — then `PAY.UPDATE payment:t1 succeeded|failed` — x\n• `payment:t2` 2.00 USD";
+        assert_eq!(keys_in(text), ["payment:t1", "payment:t2"]);
+    }
+}
