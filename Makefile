@@ -19,7 +19,7 @@ deps: ## Install what is missing: Debian packages, and Redis 8.2, Valkey 8.1 and
 build: deps ## Build the module and pay-sidecar (release)
 	cargo build --release --workspace
 
-test: build ## Unit tests; module suite on Redis 7.0, 8.2, Valkey 8.1, 9.1; sidecar tests on Redis 7.0, Valkey 9.1
+test: build ## Unit tests; module suite on Redis 7.0, 8.2, Valkey 8.1, 9.1; sidecar tests on Redis 7.0, Valkey 9.1; the chaos checker's unit tests
 	cargo test --lib
 	PAY_SERVER=redis-server cargo test --test '*'
 	PAY_SERVER=$(CURDIR)/$(REDIS8) cargo test --test '*'
@@ -27,6 +27,7 @@ test: build ## Unit tests; module suite on Redis 7.0, 8.2, Valkey 8.1, 9.1; side
 	PAY_SERVER=$(CURDIR)/$(VALKEY9) cargo test --test '*'
 	PAY_SERVER=redis-server cargo test -p pay-sidecar
 	PAY_SERVER=$(CURDIR)/$(VALKEY9) cargo test -p pay-sidecar --test '*'
+	cargo test -p pay-chaos
 
 test-valgrind: build ## The module's integration suite under valgrind (Valkey, libc malloc), sweeper timing tests aside
 	rm -rf target/valgrind
