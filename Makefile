@@ -48,7 +48,7 @@ demo: build ## The whole product on local defaults, playing the four failure sto
 	target/release/pay-demo
 
 bench: build ## redis-pay against SET NX, Lua, hashes+zset, JSON strings (wall clock and callgrind instructions): writes BENCHMARKS.md
-	cargo bench -p pay-sidecar --bench compare
+	cargo bench -p testkit --bench compare
 
 clean: ## Remove build output
 	cargo clean

@@ -26,12 +26,13 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use log::{info, warn};
 use redis::ConnectionLike;
 
 use crate::metrics::Metrics;
+use crate::now_ms;
 use crate::store::{self, Node, Record, Redis};
 use crate::worker::Report;
 
@@ -48,13 +49,6 @@ pub const OUTBOX: &str = "{pay:alerts}:outbox";
 pub const LOCK: &str = "{pay:alerts}:lock";
 /// How many payments one message lists; the rest are counted.
 pub const LISTED: usize = 10;
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 // Alerting is two steps. A read-only script says which payments are due an
 // alert; the message is written for them; then one script checks that every
