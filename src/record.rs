@@ -6,51 +6,8 @@ use serde::Serialize;
 
 use crate::error::PayError;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Status {
-    #[default]
-    Pending = 0,
-    Succeeded = 1,
-    Failed = 2,
-    /// The provider's outcome is not known for certain and the retries ran
-    /// out: kept, never expired, until the provider or a human answers.
-    Unknown = 3,
-}
-
-impl Status {
-    pub const ALL: [Status; 4] = [
-        Status::Pending,
-        Status::Succeeded,
-        Status::Failed,
-        Status::Unknown,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Pending => "pending",
-            Status::Succeeded => "succeeded",
-            Status::Failed => "failed",
-            Status::Unknown => "unknown",
-        }
-    }
-
-    /// Parses a status name, ignoring ASCII case.
-    pub fn parse(s: &[u8]) -> Option<Status> {
-        Status::ALL
-            .into_iter()
-            .find(|st| st.as_str().as_bytes().eq_ignore_ascii_case(s))
-    }
-
-    pub fn from_code(code: u8) -> Option<Status> {
-        Status::ALL.into_iter().find(|st| *st as u8 == code)
-    }
-
-    /// Succeeded and failed never change again.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Status::Succeeded | Status::Failed)
-    }
-}
+/// A payment's status: defined in pay-proto, shared with the sidecar.
+pub use pay_proto::Status;
 
 /// A retry worker's claim on an unresolved payment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
