@@ -6,15 +6,15 @@
 //! of Redis.
 
 mod acl;
-pub mod args;
-pub mod codec;
+mod args;
+mod codec;
 mod commands;
-pub mod config;
-pub mod error;
-pub mod index;
+mod config;
+mod error;
+mod index;
 #[cfg(test)]
 mod props;
-pub mod record;
+mod record;
 mod stats;
 mod store;
 mod sweep;

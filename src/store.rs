@@ -669,7 +669,7 @@ unsafe extern "C" fn on_swapdb(
 /// close the key, and only then announce the change. Nothing may touch the
 /// record after the event: another module's handler may delete it, and
 /// closing the key would read the freed value.
-pub fn publish(
+pub fn replicate_and_notify(
     ctx: &Context,
     key: PayKey,
     name: &RedisString,
