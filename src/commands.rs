@@ -13,9 +13,10 @@ use crate::codec;
 use crate::config;
 use crate::error::PayError;
 use crate::index::Handle;
+use crate::key::{self, replicate_and_notify, PayKey};
 use crate::record::{transaction_id, Applied, Record, MAX_TIMESTAMP_MS};
 use crate::stats;
-use crate::store::{self, index, now_ms, replicate_and_notify, rm, selected_db, PayKey, Payment};
+use crate::store::{self, index, now_ms, rm, selected_db, Payment};
 
 /// Every error reply goes through here, so INFO counts them.
 fn fail(e: PayError) -> RedisError {
@@ -349,7 +350,7 @@ pub fn load(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     // Closed before the event: a handler may delete the key, and closing a
     // key whose value is gone reads freed memory (Valkey reads its type).
     drop(key);
-    store::notify(ctx, c"pay.load", name);
+    key::notify(ctx, c"pay.load", name);
     stats::LOADS.incr();
     Ok(RedisValue::SimpleStringStatic("OK"))
 }

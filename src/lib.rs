@@ -11,7 +11,9 @@ mod codec;
 mod commands;
 mod config;
 mod error;
+mod events;
 mod index;
+mod key;
 #[cfg(test)]
 mod props;
 mod record;
@@ -111,7 +113,7 @@ fn register_load(ctx: &Context) -> Result<(), String> {
 
 /// RENAME and MOVE: the pending index follows the record.
 fn on_keyspace_event(ctx: &Context, kind: NotifyEvent, event: &str, key: &[u8]) {
-    store::on_keyspace_event(ctx, kind, event, key);
+    events::on_keyspace_event(ctx, kind, event, key);
 }
 
 fn init(ctx: &Context, args: &[RedisString]) -> Status {
@@ -157,7 +159,7 @@ fn setup(ctx: &Context, args: &[RedisString]) -> Result<(), String> {
     }
     // Also declares HANDLE_IO_ERRORS (and async-load awareness) with
     // RedisModule_SetModuleOptions.
-    store::subscribe_server_events(ctx)?;
+    events::subscribe_server_events(ctx)?;
     sweep::start(ctx);
     Ok(())
 }
