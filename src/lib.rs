@@ -2,8 +2,20 @@
 //!
 //! This file is the table of contents: the module registration, and one thin
 //! wrapper per command showing its syntax. The logic lives in one file per
-//! concern; the pure core (`args`, `codec`, `index`, `record`) knows nothing
-//! of Redis.
+//! concern:
+//!
+//! - the pure core, which knows nothing of Redis: `args` (parsing and
+//!   validation), `record` (the record and its state machine), `codec` (its
+//!   bytes), `index` (the stale-payment index), `error`; the statuses, error
+//!   codes and limits come from the `pay-proto` crate, shared with the sidecar;
+//! - the Redis glue: `commands` (one function per command), `store` (the data
+//!   type and its callbacks, the index it feeds, FFI helpers), `events` (server
+//!   and keyspace events), `key` (`PayKey` and the write path: write,
+//!   replicate, notify), `sweep` (the timer), `stats` (INFO), `acl`;
+//! - `config`: every tunable.
+//!
+//! Every module is private: the crate is a cdylib, and Redis reaches it only
+//! through `RedisModule_OnLoad`.
 
 mod acl;
 mod args;
