@@ -49,7 +49,7 @@ demo: build ## The whole product on local defaults, playing the four failure sto
 	target/release/pay-demo
 
 bench: build ## redis-pay against SET NX, Lua, hashes+zset, JSON strings (wall clock and callgrind instructions): writes BENCHMARKS.md
-	cargo bench -p pay-sidecar --bench compare
+	cargo bench -p testkit --bench compare
 
 chaos: build ## Fault injection (Sentinel failovers, kills, provider faults) and a checker: CHAOS_SECONDS (60), CHAOS_SEED; writes CHAOS.md
 	target/release/pay-chaos

@@ -4,19 +4,10 @@
 use crate::error::PayError;
 use crate::record::{Status, Update};
 
-pub const MAX_KEY_LEN: usize = 255;
-pub const MAX_USER_ID_LEN: usize = 128;
-pub const MAX_REASON_LEN: usize = 1024;
-pub const MAX_REF_LEN: usize = 255;
-pub const MAX_CONSUMER_LEN: usize = 128;
-/// Ten years: a TTL beyond this is a mistake, not a retention policy.
-pub const MAX_TTL_SECS: i64 = 315_360_000;
-pub const MAX_LEASE_MS: i64 = 86_400_000;
-/// Thirty days: the longest back-off a RETRY may set.
-pub const MAX_RETRY_MS: i64 = 30 * 86_400_000;
-pub const DEFAULT_STUCK_COUNT: usize = 100;
-/// One reply never carries more records than this (the event loop must not stall).
-pub const MAX_STUCK_COUNT: usize = 100_000;
+use pay_proto::limits::{
+    DEFAULT_STUCK_COUNT, MAX_CONSUMER_LEN, MAX_KEY_LEN, MAX_LEASE_MS, MAX_REASON_LEN, MAX_REF_LEN,
+    MAX_RETRY_MS, MAX_STUCK_COUNT, MAX_TTL_SECS, MAX_USER_ID_LEN,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheArgs<'a> {

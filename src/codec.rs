@@ -13,9 +13,11 @@
 //! have made. The key is not in the blob: it travels beside it, as any bytes
 //! Redis allows.
 
-use crate::args::{
-    parse_text, MAX_CONSUMER_LEN, MAX_REASON_LEN, MAX_REF_LEN, MAX_TTL_SECS, MAX_USER_ID_LEN,
+use pay_proto::limits::{
+    MAX_CONSUMER_LEN, MAX_REASON_LEN, MAX_REF_LEN, MAX_TTL_SECS, MAX_USER_ID_LEN,
 };
+
+use crate::args::parse_text;
 use crate::config::DEFAULT_TTL;
 use crate::error::PayError;
 use crate::record::{Record, Status, Text, MAX_TIMESTAMP_MS};

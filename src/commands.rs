@@ -13,9 +13,10 @@ use crate::codec;
 use crate::config;
 use crate::error::PayError;
 use crate::index::Handle;
+use crate::key::{self, replicate_and_notify, PayKey};
 use crate::record::{transaction_id, Applied, Record, MAX_TIMESTAMP_MS};
 use crate::stats;
-use crate::store::{self, index, now_ms, publish, rm, selected_db, PayKey, Payment};
+use crate::store::{self, index, now_ms, rm, selected_db, Payment};
 
 /// Every error reply goes through here, so INFO counts them.
 fn fail(e: PayError) -> RedisError {
@@ -104,7 +105,7 @@ pub fn cache(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             stats::CREATED.incr();
             reply_cached(ctx, &p.rec, "created", a.brief);
             // Last: after the event, another module may have changed the key.
-            publish(ctx, key, name, None, c"pay.cache");
+            replicate_and_notify(ctx, key, name, None, c"pay.cache");
             Ok(RedisValue::NoReply)
         }
     }
@@ -161,7 +162,7 @@ pub fn update(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     stats::UPDATES.incr();
     reply_record(ctx, &p.rec, None);
     // Last: after the event, another module may have changed the key.
-    publish(ctx, key, name, expire_at, c"pay.update");
+    replicate_and_notify(ctx, key, name, expire_at, c"pay.update");
     Ok(RedisValue::NoReply)
 }
 
@@ -298,7 +299,7 @@ pub fn claim(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                     sent += 1;
                     // Last: after the event, another module may have
                     // changed the key; the next entry is found afresh.
-                    publish(ctx, key, &name, None, c"pay.claim");
+                    replicate_and_notify(ctx, key, &name, None, c"pay.claim");
                 }
                 // Expired as it was opened: not an index error.
                 Ok(None) => {}
@@ -349,7 +350,7 @@ pub fn load(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     // Closed before the event: a handler may delete the key, and closing a
     // key whose value is gone reads freed memory (Valkey reads its type).
     drop(key);
-    store::notify(ctx, c"pay.load", name);
+    key::notify(ctx, c"pay.load", name);
     stats::LOADS.incr();
     Ok(RedisValue::SimpleStringStatic("OK"))
 }

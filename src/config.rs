@@ -7,7 +7,9 @@ use std::sync::{Mutex, MutexGuard};
 use redis_module::configuration::{ConfigurationContext, ConfigurationValue};
 use redis_module::{RedisError, RedisString};
 
-use crate::args::{parse_int, MAX_KEY_LEN, MAX_TTL_SECS};
+use pay_proto::limits::{MAX_KEY_LEN, MAX_TTL_SECS};
+
+use crate::args::parse_int;
 
 /// One `pay.*` setting.
 pub struct Tunable {

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use pay_proto::code;
+
 use crate::record::Status;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,23 +34,30 @@ impl PayError {
 impl fmt::Display for PayError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PayError::Arity(cmd) => write!(f, "ERR wrong number of arguments for '{cmd}' command"),
-            PayError::Arg(msg) => write!(f, "ERR {msg}"),
-            PayError::Mismatch(msg) => write!(f, "MISMATCH {msg}"),
+            PayError::Arity(cmd) => write!(
+                f,
+                "{} wrong number of arguments for '{cmd}' command",
+                code::ERR
+            ),
+            PayError::Arg(msg) => write!(f, "{} {msg}", code::ERR),
+            PayError::Mismatch(msg) => write!(f, "{} {msg}", code::MISMATCH),
             PayError::Transition { from, to } => write!(
                 f,
-                "TRANSITION a {} payment cannot become {}",
+                "{} a {} payment cannot become {}",
+                code::TRANSITION,
                 from.as_str(),
                 to.as_str()
             ),
-            PayError::NoPayment => write!(f, "NOPAYMENT no such payment"),
+            PayError::NoPayment => write!(f, "{} no such payment", code::NOPAYMENT),
             PayError::Fenced { expected, attempts } => write!(
                 f,
-                "FENCED the payment was claimed again since (attempts is {attempts}, not {expected}); nothing changed"
+                "{} the payment was claimed again since (attempts is {attempts}, not {expected}); nothing changed",
+                code::FENCED
             ),
             PayError::WrongType => write!(
                 f,
-                "WRONGTYPE Operation against a key holding the wrong kind of value"
+                "{} Operation against a key holding the wrong kind of value",
+                code::WRONGTYPE
             ),
         }
     }

@@ -2,19 +2,33 @@
 //!
 //! This file is the table of contents: the module registration, and one thin
 //! wrapper per command showing its syntax. The logic lives in one file per
-//! concern; the pure core (`args`, `codec`, `index`, `record`) knows nothing
-//! of Redis.
+//! concern:
+//!
+//! - the pure core, which knows nothing of Redis: `args` (parsing and
+//!   validation), `record` (the record and its state machine), `codec` (its
+//!   bytes), `index` (the stale-payment index), `error`; the statuses, error
+//!   codes and limits come from the `pay-proto` crate, shared with the sidecar;
+//! - the Redis glue: `commands` (one function per command), `store` (the data
+//!   type and its callbacks, the index it feeds, FFI helpers), `events` (server
+//!   and keyspace events), `key` (`PayKey` and the write path: write,
+//!   replicate, notify), `sweep` (the timer), `stats` (INFO), `acl`;
+//! - `config`: every tunable.
+//!
+//! Every module is private: the crate is a cdylib, and Redis reaches it only
+//! through `RedisModule_OnLoad`.
 
 mod acl;
-pub mod args;
-pub mod codec;
+mod args;
+mod codec;
 mod commands;
-pub mod config;
-pub mod error;
-pub mod index;
+mod config;
+mod error;
+mod events;
+mod index;
+mod key;
 #[cfg(test)]
 mod props;
-pub mod record;
+mod record;
 mod stats;
 mod store;
 mod sweep;
@@ -111,7 +125,7 @@ fn register_load(ctx: &Context) -> Result<(), String> {
 
 /// RENAME and MOVE: the pending index follows the record.
 fn on_keyspace_event(ctx: &Context, kind: NotifyEvent, event: &str, key: &[u8]) {
-    store::on_keyspace_event(ctx, kind, event, key);
+    events::on_keyspace_event(ctx, kind, event, key);
 }
 
 fn init(ctx: &Context, args: &[RedisString]) -> Status {
@@ -157,7 +171,7 @@ fn setup(ctx: &Context, args: &[RedisString]) -> Result<(), String> {
     }
     // Also declares HANDLE_IO_ERRORS (and async-load awareness) with
     // RedisModule_SetModuleOptions.
-    store::subscribe_server_events(ctx)?;
+    events::subscribe_server_events(ctx)?;
     sweep::start(ctx);
     Ok(())
 }

@@ -1,56 +1,15 @@
 //! The payment record and its state machine. Plain Rust: no Redis here.
 
+#[cfg(test)]
 use std::time::{Duration, UNIX_EPOCH};
 
+#[cfg(test)]
 use serde::Serialize;
 
 use crate::error::PayError;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Status {
-    #[default]
-    Pending = 0,
-    Succeeded = 1,
-    Failed = 2,
-    /// The provider's outcome is not known for certain and the retries ran
-    /// out: kept, never expired, until the provider or a human answers.
-    Unknown = 3,
-}
-
-impl Status {
-    pub const ALL: [Status; 4] = [
-        Status::Pending,
-        Status::Succeeded,
-        Status::Failed,
-        Status::Unknown,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Pending => "pending",
-            Status::Succeeded => "succeeded",
-            Status::Failed => "failed",
-            Status::Unknown => "unknown",
-        }
-    }
-
-    /// Parses a status name, ignoring ASCII case.
-    pub fn parse(s: &[u8]) -> Option<Status> {
-        Status::ALL
-            .into_iter()
-            .find(|st| st.as_str().as_bytes().eq_ignore_ascii_case(s))
-    }
-
-    pub fn from_code(code: u8) -> Option<Status> {
-        Status::ALL.into_iter().find(|st| *st as u8 == code)
-    }
-
-    /// Succeeded and failed never change again.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Status::Succeeded | Status::Failed)
-    }
-}
+/// A payment's status: defined in pay-proto, shared with the sidecar.
+pub use pay_proto::Status;
 
 /// A retry worker's claim on an unresolved payment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -437,7 +396,9 @@ impl Record {
     }
 
     /// The JSON shape the payment service already knows, then the other
-    /// fields. `transaction_id` is the key without `prefix`.
+    /// fields. `transaction_id` is the key without `prefix`. The tests' oracle
+    /// for PAY.CHECK JSON (`commands::write_json`), through serde_json.
+    #[cfg(test)]
     pub fn to_json(&self, prefix: &[u8]) -> String {
         #[derive(Serialize)]
         #[serde(untagged)]
@@ -499,6 +460,7 @@ pub fn transaction_id<'a>(key: &'a [u8], prefix: &[u8]) -> &'a [u8] {
 
 /// A user id written as a canonical decimal (no sign, no leading zero) that
 /// fits in u64 is a number in JSON; anything else stays a string.
+#[cfg(test)]
 fn decimal_u64(s: &str) -> Option<u64> {
     let canonical =
         !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
@@ -516,6 +478,7 @@ pub const MAX_TIMESTAMP_MS: i64 = 253_402_300_799_999;
 /// `2024-01-30T12:45:00Z` for a Unix ms timestamp. Out-of-range values are
 /// clamped: humantime's formatter fails past year 9999, and `to_string` would
 /// turn that failure into a panic (which kills Redis).
+#[cfg(test)]
 pub fn rfc3339_seconds(unix_ms: i64) -> String {
     let ms = u64::try_from(unix_ms.clamp(0, MAX_TIMESTAMP_MS)).unwrap_or(0);
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()

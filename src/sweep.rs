@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use redis_module::{raw, Context, RedisString};
 
 use crate::config::{STALE_AFTER_MS, SWEEP_BATCH, SWEEP_BUDGET, SWEEP_INTERVAL_MS};
+use crate::key::{replicate_and_notify, PayKey};
 use crate::stats;
-use crate::store::{index, listed_key, now_ms, publish, rm, PayKey, Payment};
+use crate::store::{index, listed_key, now_ms, rm, Payment};
 
 /// The armed timer, if any. Touched on the main thread only.
 static TIMER: Mutex<Option<raw::RedisModuleTimerID>> = Mutex::new(None);
@@ -127,7 +128,7 @@ fn sweep(ctx: &Context) -> bool {
                 p.rec.stale = true;
                 key.keep_unresolved(ctx, &name);
                 index().change(p.member, before, p.facts(), entry.handle);
-                publish(ctx, key, &name, None, c"pay.stale");
+                replicate_and_notify(ctx, key, &name, None, c"pay.stale");
                 flagged += 1;
             }
             // Expired as the sweep opened it: the free callback dropped it.

@@ -1,12 +1,10 @@
 //! The command contract, against a real server with the module loaded.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Barrier};
 
-use common::*;
 use redis::Value;
+use testkit::*;
 
 #[test]
 fn cache_creates_a_pending_record_with_server_timestamps() {

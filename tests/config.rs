@@ -1,10 +1,8 @@
 //! pay.* configuration: at start (directive, module argument), with
 //! MODULE LOADEX, and with CONFIG SET/GET, ranges enforced.
 
-mod common;
-
-use common::*;
 use redis::Value;
+use testkit::*;
 
 fn get(c: &mut redis::Connection, name: &str) -> i64 {
     let v: Vec<String> = redis::cmd("CONFIG").arg("GET").arg(name).query(c).unwrap();

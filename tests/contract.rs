@@ -3,12 +3,10 @@
 //! live their TTL from then), PAY.CLAIM with FENCE and RETRY, ACL key
 //! permissions on listings and claims, and `pay.key-prefix`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use redis::{Connection, Value};
+use testkit::*;
 
 const STATUSES: [&str; 4] = ["pending", "unknown", "succeeded", "failed"];
 

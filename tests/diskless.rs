@@ -7,12 +7,10 @@
 //! `integration/replication` tests): kill the replica's link with a backlog
 //! too small to resume, and slow the primary's RDB with `rdb-key-save-delay`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use redis::{Connection, Value};
+use testkit::*;
 
 const DBS: [i64; 3] = [0, 1, 3];
 

@@ -1,25 +1,15 @@
 //! Losing nothing when a server dies or fails over, refusing a corrupted
 //! data file clearly, and access control that denies what it should.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use redis::Value;
+use testkit::*;
 
 type Fields = BTreeMap<String, String>;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn without_outcome(mut r: Fields) -> Fields {
     r.remove("outcome");

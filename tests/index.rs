@@ -3,12 +3,10 @@
 //! lists exactly the pending records a keyspace scan finds, and INFO's counts
 //! match.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use redis::{Connection, Value};
+use testkit::*;
 
 /// Three pending payments and one resolved, in the current database.
 fn seed(c: &mut Connection, prefix: &str) {

@@ -1,9 +1,7 @@
 //! Bad input gets a clear error naming what is wrong, and changes nothing.
 
-mod common;
-
-use common::*;
 use redis::Value;
+use testkit::*;
 
 /// (arguments, expected start of the error)
 fn cases() -> Vec<(Vec<Vec<u8>>, &'static str)> {

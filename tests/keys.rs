@@ -3,12 +3,10 @@
 //! RESTORE, MOVE) is replicated, rewritten into the AOF and loaded again
 //! byte for byte.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use redis::{Connection, Value};
+use testkit::*;
 
 /// Names PAY.CACHE refuses, but Redis holds.
 fn odd_keys() -> Vec<Vec<u8>> {

@@ -6,12 +6,10 @@
 //! as written, and the index stays exact. `make test-valgrind` runs this
 //! under memcheck too.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use redis::{Connection, Value};
+use testkit::*;
 
 const ACTIONS: [&str; 2] = ["del", "set"];
 

@@ -1,10 +1,8 @@
 //! Records survive restarts from RDB and from AOF (with and without a
 //! rewrite, with and without the RDB preamble), with the same values.
 
-mod common;
-
-use common::*;
 use redis::{Connection, Value};
+use testkit::*;
 
 const DBS: [i64; 2] = [0, 2];
 

@@ -2,12 +2,10 @@
 //! full sync, the live stream and a partial resync: timestamps are the
 //! primary's, never recomputed.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use redis::{Connection, Value};
+use testkit::*;
 
 fn wait_for_replica(p: &mut Connection) {
     let n: i64 = redis::cmd("WAIT").arg(1).arg(10_000).query(p).unwrap();

@@ -3,13 +3,11 @@
 //! PAY.LOAD, how records travel to replicas and the AOF, refuses every
 //! client while replication and AOF loading still apply it.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::*;
 use redis::{Connection, Value};
+use testkit::*;
 
 /// In a DUMP of a payment: the type byte, then the module id (`0x81` and
 /// 8 bytes), then the module's first opcode, then the record's length.

@@ -9,12 +9,10 @@
 //! --cluster reshard` do by default, carries every record intact and keeps
 //! both indexes exact, on every server.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::*;
 use redis::{Connection, Value};
+use testkit::*;
 
 /// Two primaries: `a` serves slots 0-8191, `b` 8192-16383. `a` holds
 /// payments in slots 0-4095 (the ones to move: pending, pending after a

@@ -1,14 +1,12 @@
 //! The sweeper flags stuck payments on the primary, and claims lease them to
 //! retry workers without ever giving one payment to two workers at once.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::*;
 use redis::Value;
+use testkit::*;
 
 const STALE_MS: u64 = 300;
 const SWEEP_MS: u64 = 50;

@@ -26,12 +26,15 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use log::{info, warn};
 use redis::ConnectionLike;
 
+use pay_proto::Status;
+
 use crate::metrics::Metrics;
+use crate::now_ms;
 use crate::store::{self, Node, Record, Redis};
 use crate::worker::Report;
 
@@ -48,13 +51,6 @@ pub const OUTBOX: &str = "{pay:alerts}:outbox";
 pub const LOCK: &str = "{pay:alerts}:lock";
 /// How many payments one message lists; the rest are counted.
 pub const LISTED: usize = 10;
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 // Alerting is two steps. A read-only script says which payments are due an
 // alert; the message is written for them; then one script checks that every
@@ -327,8 +323,9 @@ impl Alerter {
                 }
             }
         }
-        let (pending, unknown): (Vec<Record>, Vec<Record>) =
-            unresolved.into_iter().partition(|r| r.status != "unknown");
+        let (pending, unknown): (Vec<Record>, Vec<Record>) = unresolved
+            .into_iter()
+            .partition(|r| r.status != Status::Unknown);
         let repeat_ms = self.repeat.as_millis() as u64;
         for (set, records) in [(UNKNOWN, unknown), (ALERTED, pending)] {
             if records.is_empty() {
@@ -396,8 +393,8 @@ impl Alerter {
                 Some(r) if r.created_at.to_string() != created_at => {
                     "gone (replaced by a newer payment)".to_string()
                 }
-                Some(r) if r.status == "pending" || r.status == "unknown" => continue,
-                Some(r) => r.status,
+                Some(r) if r.status.is_unresolved() => continue,
+                Some(r) => r.status.to_string(),
                 None => "gone (deleted)".to_string(),
             };
             resolved.push((key.to_string(), status));
@@ -724,7 +721,7 @@ mod tests {
             transaction_id: "txn_1".into(),
             amount: 2500,
             currency: "EUR".into(),
-            status: "unknown".into(),
+            status: Status::Unknown,
             created_at: 0,
             attempts: 3,
             reason: "outcome unknown after 3 attempts: provider timed out".into(),

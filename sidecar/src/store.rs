@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use pay_proto::limits::{MAX_REASON_LEN, MAX_REF_LEN};
+use pay_proto::Status;
 use redis::cluster::ClusterClientBuilder;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
@@ -27,7 +29,7 @@ pub struct Record {
     pub user_id: String,
     pub amount: i64,
     pub currency: String,
-    pub status: String,
+    pub status: Status,
     pub created_at: i64,
     pub attempts: u32,
     pub reason: String,
@@ -75,7 +77,11 @@ pub fn parse_record(v: &Value) -> Option<Record> {
         user_id: get("user_id"),
         amount: num("amount"),
         currency: get("currency"),
-        status: get("status"),
+        // Every module reply carries a status; a missing one reads as pending.
+        status: f
+            .get("status")
+            .and_then(|s| Status::parse(s.as_bytes()))
+            .unwrap_or_default(),
         created_at: num("created_at"),
         attempts: u32::try_from(num("attempts")).unwrap_or(u32::MAX),
         reason: get("reason"),
@@ -162,16 +168,16 @@ pub struct Change<'a> {
 pub fn update(
     c: &mut dyn ConnectionLike,
     key: &str,
-    status: &str,
+    status: Status,
     change: &Change,
 ) -> redis::RedisResult<Record> {
     let mut cmd = redis::cmd("PAY.UPDATE");
-    cmd.arg(key).arg(status);
+    cmd.arg(key).arg(status.as_str());
     if let Some(r) = change.reason {
-        cmd.arg("REASON").arg(truncate(r, 1024));
+        cmd.arg("REASON").arg(truncate(r, MAX_REASON_LEN));
     }
     if let Some(r) = change.reference.filter(|r| !r.is_empty()) {
-        cmd.arg("REF").arg(truncate(r, 255));
+        cmd.arg("REF").arg(truncate(r, MAX_REF_LEN));
     }
     if let Some(d) = change.retry {
         cmd.arg("RETRY").arg(millis(d).max(1));

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
+use pay_proto::{code, Status as RecordStatus};
+
 use crate::metrics::Metrics;
 use crate::provider::{Answer, Provider, Status, Submission};
 use crate::store::{self, Change, Node, Record};
@@ -106,7 +108,7 @@ pub fn decide(
     policy: &Policy,
     may_send: &dyn Fn() -> bool,
 ) -> Decision {
-    if r.status == "unknown" {
+    if r.status == RecordStatus::Unknown {
         return decide_unknown(provider, r, policy);
     }
     let answer = match provider.status(&r.transaction_id) {
@@ -229,7 +231,7 @@ pub fn apply(
     let fence = Some(r.attempts);
     let (status, change) = match d {
         Decision::Succeeded { reference } => (
-            "succeeded",
+            RecordStatus::Succeeded,
             Change {
                 reference: Some(reference),
                 fence,
@@ -237,7 +239,7 @@ pub fn apply(
             },
         ),
         Decision::Failed { reason, reference } => (
-            "failed",
+            RecordStatus::Failed,
             Change {
                 reason: Some(reason),
                 reference: Some(reference),
@@ -246,7 +248,7 @@ pub fn apply(
             },
         ),
         Decision::Retry { reason, after, .. } => (
-            "pending",
+            RecordStatus::Pending,
             Change {
                 reason: Some(reason),
                 retry: Some(*after),
@@ -255,7 +257,7 @@ pub fn apply(
             },
         ),
         Decision::Unknown { reason, after, .. } => (
-            "unknown",
+            RecordStatus::Unknown,
             Change {
                 reason: Some(reason),
                 retry: Some(*after),
@@ -267,8 +269,8 @@ pub fn apply(
     };
     match store::update(c, &r.key, status, &change) {
         Ok(_) => Ok(Written::Applied),
-        Err(e) if e.code() == Some("FENCED") => Ok(Written::Fenced(store::error_text(&e))),
-        Err(e) if matches!(e.code(), Some("TRANSITION" | "NOPAYMENT")) => {
+        Err(e) if e.code() == Some(code::FENCED) => Ok(Written::Fenced(store::error_text(&e))),
+        Err(e) if e.code() == Some(code::TRANSITION) || e.code() == Some(code::NOPAYMENT) => {
             Ok(Written::Elsewhere(store::error_text(&e)))
         }
         Err(e) => Err(e),
@@ -467,7 +469,7 @@ mod tests {
         Record {
             key: "payment:t".into(),
             transaction_id: "t".into(),
-            status: status.into(),
+            status: RecordStatus::parse(status.as_bytes()).unwrap(),
             attempts,
             ..Record::default()
         }

@@ -4,15 +4,12 @@
 //! that hold payments keeps every record and both indexes exact, and one
 //! sidecar given any node finishes the stale payments of every primary.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
-
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
-use pay_sidecar::standin::Bank;
+use testkit::standin::Bank;
+use testkit::*;
 
 fn cluster_node() -> Server {
     Server::with(

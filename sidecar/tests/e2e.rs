@@ -1,9 +1,8 @@
 //! End to end, with real processes: redis-server with the module, the
-//! `pay-sidecar` binary, and HTTP stand-ins for the provider and Slack on
+//! `pay-sidecar` binary (or, once, the daemon in-process through
+//! `pay_sidecar::run`), and HTTP stand-ins for the provider and Slack on
 //! 127.0.0.1.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
 mod deploy;
 
 use std::collections::BTreeSet;
@@ -12,10 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use clap::Parser;
 use deploy::SIDECAR_ACL;
-use pay_sidecar::standin::{Bank, Scripted, Slack};
+use pay_sidecar::options::Options;
 use redis::Connection;
+use testkit::standin::{Bank, Scripted, Slack};
+use testkit::*;
 
 /// A running pay-sidecar, killed on drop.
 struct Sidecar {
@@ -1054,4 +1055,52 @@ fn works_as_a_least_privilege_acl_user_from_the_url() {
     ] {
         assert!(err(&mut as_sidecar, &cmd).starts_with("NOPERM"));
     }
+}
+
+/// The daemon as a library: `pay_sidecar::run` on a thread of the test
+/// finishes a stale payment, and returns `Ok` soon after `shutdown` is set.
+#[test]
+fn the_daemon_runs_in_process_and_returns_once_told_to_stop() {
+    let s = redis();
+    let mut c = s.conn();
+    let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 1);
+    bank.know("in-process", "succeeded", "ch_in_process");
+    cache(&mut c, "in-process", "67890", 1000, "USD");
+    let mut args = vec![
+        "pay-sidecar".to_string(),
+        "--redis-url".into(),
+        format!("redis://127.0.0.1:{}/", s.port),
+        "--bank-url".into(),
+        bank.url.clone(),
+    ];
+    for (name, value) in DEFAULTS {
+        args.extend([name.to_string(), value.to_string()]);
+    }
+    let opts = Options::try_parse_from(&args).expect("options parse");
+    opts.validate().expect("options are valid");
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let daemon = {
+        let stop = shutdown.clone();
+        std::thread::spawn(move || pay_sidecar::run(opts, stop))
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            check(&mut c, "in-process").is_some_and(|r| r["status"] == "succeeded")
+        }),
+        "the in-process daemon did not finish the payment: {:?}",
+        check(&mut c, "in-process")
+    );
+    let r = check(&mut c, "in-process").unwrap();
+    assert_eq!(r["provider_ref"], "ch_in_process");
+    assert_eq!(
+        bank.posts(),
+        0,
+        "a payment the provider knows is never re-sent"
+    );
+    shutdown.store(true, Ordering::Relaxed);
+    assert!(
+        wait_until(Duration::from_secs(10), || daemon.is_finished()),
+        "run did not return after shutdown"
+    );
+    assert_eq!(daemon.join().expect("the daemon thread"), Ok(()));
 }

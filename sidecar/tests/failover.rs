@@ -6,16 +6,14 @@
 //! primary it cannot reach, and in the end no payment is stranded and each
 //! was charged once.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
 mod deploy;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::*;
 use deploy::*;
-use pay_sidecar::standin::{Bank, Slack};
+use testkit::standin::{Bank, Slack};
+use testkit::*;
 
 /// The shard that serves `key`, by CLUSTER KEYSLOT and CLUSTER SLOTS.
 fn shard_of(c: &mut redis::Connection, key: &str, nodes: &[Server], shards: &[Shard]) -> usize {

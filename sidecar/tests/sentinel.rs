@@ -5,16 +5,14 @@
 //! each charged once, as the README's least-privilege ACL user (from
 //! --redis-url) on the data nodes.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
 mod deploy;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
 use deploy::*;
-use pay_sidecar::standin::Bank;
+use testkit::standin::Bank;
+use testkit::*;
 
 const MASTER: &str = "pay";
 const SENTINEL_PASSWORD: &str = "sentinel-secret";

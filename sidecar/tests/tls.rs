@@ -7,15 +7,13 @@
 //! nothing changes. Through a Sentinel that speaks TLS too, it finds the
 //! TLS primary.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
 mod deploy;
 
 use std::time::Duration;
 
-use common::*;
 use deploy::*;
-use pay_sidecar::standin::{Bank, Slack};
+use testkit::standin::{Bank, Slack};
+use testkit::*;
 
 fn stuck(c: &mut redis::Connection, key: &str) -> std::collections::BTreeMap<String, String> {
     check(c, key).expect("the payment is there")

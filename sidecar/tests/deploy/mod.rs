@@ -6,12 +6,11 @@
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{module_path, server_bin, wait_until, Opts};
+use testkit::{free_port, module_path, server_bin, wait_until, Opts};
 
 /// The README's least-privilege ACL user for the sidecar (password s3cret):
 /// ROLE for Sentinel's check of the primary, CLUSTER SLOTS in a cluster,
@@ -46,11 +45,6 @@ pub const SIDECAR_ACL: &[&str] = &[
     "+lindex",
     "+lpop",
 ];
-
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().unwrap().port()
-}
 
 /// A running pay-sidecar, killed on drop, its log in a file.
 pub struct Sidecar {
@@ -414,8 +408,8 @@ pub struct Shard {
 /// A cluster node with the module: payments go stale after 100 ms; a node
 /// is failed after 2 s of silence; the shards that are up keep serving while
 /// one is down (`cluster-require-full-coverage no`).
-pub fn cluster_node() -> crate::common::Server {
-    crate::common::Server::with(
+pub fn cluster_node() -> testkit::Server {
+    testkit::Server::with(
         Opts::sweeper(100, 20)
             .config("cluster-enabled", "yes")
             .config("cluster-config-file", "nodes.conf")
@@ -428,8 +422,8 @@ pub fn cluster_node() -> crate::common::Server {
 
 /// `shards` primaries with one replica each, created by `redis-cli
 /// --cluster create`; returns the nodes and which is which.
-pub fn cluster_with_replicas(shards: usize) -> (Vec<crate::common::Server>, Vec<Shard>) {
-    let nodes: Vec<crate::common::Server> = (0..shards * 2).map(|_| cluster_node()).collect();
+pub fn cluster_with_replicas(shards: usize) -> (Vec<testkit::Server>, Vec<Shard>) {
+    let nodes: Vec<testkit::Server> = (0..shards * 2).map(|_| cluster_node()).collect();
     let addrs: Vec<String> = nodes
         .iter()
         .map(|n| format!("127.0.0.1:{}", n.port))

@@ -6,13 +6,10 @@
 //! `cargo bench --bench sweep_stall` (after `make build`). Ratios matter; the
 //! machine is small and noisy.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
-
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use testkit::*;
 
 const N: usize = 100_000;
 

@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pay_sidecar::standin::{Bank, Slack};
-use pay_sidecar::store::{self, Record};
-use redis::Connection;
+use redis::{Connection, Value};
+use testkit::free_port;
+use testkit::standin::{Bank, Slack};
 
 struct Guard(Child);
 
@@ -40,13 +40,6 @@ fn beside_me(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
 /// Prints a child's output lines with a prefix.
 fn relay(reader: impl std::io::Read + Send + 'static, prefix: &'static str) {
     std::thread::spawn(move || {
@@ -67,8 +60,29 @@ fn wait(what: &str, secs: u64, mut done: impl FnMut() -> bool) -> Result<(), Str
     Err(format!("timed out after {secs}s waiting for {what}"))
 }
 
-fn record(c: &mut Connection, key: &str) -> Record {
-    store::check(c, key).ok().flatten().unwrap_or_default()
+/// A payment as the demo narrates it: PAY.CHECK's fields.
+#[derive(Default)]
+struct Payment {
+    status: String,
+    attempts: u32,
+    reason: String,
+    provider_ref: String,
+}
+
+/// PAY.CHECK key; an empty payment when it is absent or unreadable.
+fn record(c: &mut Connection, key: &str) -> Payment {
+    let v: Value = match redis::cmd("PAY.CHECK").arg(key).query(c) {
+        Ok(Value::Nil) | Err(_) => return Payment::default(),
+        Ok(v) => v,
+    };
+    let mut f = testkit::record(&v);
+    let mut take = |name: &str| f.remove(name).unwrap_or_default();
+    Payment {
+        status: take("status"),
+        attempts: take("attempts").parse().unwrap_or(0),
+        reason: take("reason"),
+        provider_ref: take("provider_ref"),
+    }
 }
 
 /// The application's own call to the provider (what the service does today).
@@ -207,11 +221,12 @@ fn run() -> Result<(), String> {
     say(&format!(
         "the app charges it once at the provider: HTTP {code}, reference {reference}"
     ));
-    let change = store::Change {
-        reference: Some(&reference),
-        ..store::Change::default()
-    };
-    store::update(&mut c, "txn_demo_1", "succeeded", &change).map_err(|e| e.to_string())?;
+    let mut update = redis::cmd("PAY.UPDATE");
+    update.arg("txn_demo_1").arg("succeeded");
+    if !reference.is_empty() {
+        update.arg("REF").arg(&reference);
+    }
+    update.query::<Value>(&mut c).map_err(|e| e.to_string())?;
     say("PAY.UPDATE txn_demo_1 succeeded: one payment, charged once");
 
     // Story 2.

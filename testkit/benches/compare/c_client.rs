@@ -9,8 +9,8 @@
 use std::fmt::Write as _;
 use std::process::Command;
 
-use crate::common::Server;
 use crate::{median, verdict, JSON};
+use testkit::Server;
 
 const CLIENTS: usize = 50;
 /// Rounds of each comparison (short ones: half of BENCH_OPS requests each).

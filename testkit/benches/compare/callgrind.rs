@@ -34,15 +34,14 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use redis::Connection;
+use testkit::{cache, cache_many, free_port, module_path, server_bin, Server};
 
-use crate::common::{cache, cache_many, module_path, server_bin, Server};
 use crate::{env_usize, verdict, JSON, LUA};
 
 /// Calls per pipelined batch: fixed, so each call carries the same share of
@@ -87,11 +86,6 @@ struct Valgrind {
     dir: tempfile::TempDir,
     dumps: usize,
     keep: PathBuf,
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().unwrap().port()
 }
 
 impl Valgrind {
