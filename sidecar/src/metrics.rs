@@ -37,7 +37,7 @@ struct CallLabels {
 
 pub struct Metrics {
     registry: Registry,
-    retries: Family<OutcomeLabels, Counter>,
+    payments: Family<OutcomeLabels, Counter>,
     latency: Family<CallLabels, Histogram>,
     pub claims: Counter,
     /// Provider answers that name a configuration problem (wrong URL,
@@ -68,11 +68,11 @@ struct Primary {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("pay_sidecar");
-        let retries = Family::<OutcomeLabels, Counter>::default();
+        let payments = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "payments",
             "Claimed payments handled, by outcome (succeeded, failed, retry, unknown, abandoned; fenced: the result was dropped because another worker claimed the payment since; resolved_elsewhere; write_error)",
-            retries.clone(),
+            payments.clone(),
         );
         let latency = Family::<CallLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.002, 2.0, 14))
@@ -112,7 +112,7 @@ impl Metrics {
         );
         Metrics {
             registry,
-            retries,
+            payments,
             latency,
             claims,
             config_errors,
@@ -126,7 +126,7 @@ impl Metrics {
     }
 
     pub fn outcome(&self, outcome: &str) {
-        self.retries
+        self.payments
             .get_or_create(&OutcomeLabels {
                 outcome: outcome.into(),
             })
