@@ -20,7 +20,7 @@ use pay_proto::limits::{
 use crate::args::parse_text;
 use crate::config::DEFAULT_TTL;
 use crate::error::PayError;
-use crate::record::{Record, Status, Text, MAX_TIMESTAMP_MS};
+use crate::record::{Fields, Record, Status, MAX_TIMESTAMP_MS};
 
 pub const VERSION: u8 = 2;
 const FLAG_STALE: u8 = 1;
@@ -35,7 +35,7 @@ pub fn encode(r: &Record) -> Vec<u8> {
 
 /// Appends the encoding of `r` to `out`.
 pub fn encode_into(r: &Record, out: &mut Vec<u8>) {
-    let text = r.text();
+    let text = r.fields();
     let mut flags = 0;
     if r.stale {
         flags |= FLAG_STALE;
@@ -153,7 +153,7 @@ pub fn decode(key: &[u8], bytes: &[u8]) -> Result<Record, DecodeError> {
     if status.is_terminal() && (stale || !lease_owner.is_empty() || lease_until != 0) {
         return Err(bad("a resolved payment cannot be stale, leased or held"));
     }
-    let text = Text {
+    let text = Fields {
         key,
         user_id,
         reason,
@@ -221,7 +221,7 @@ mod tests {
 
     fn full() -> Record {
         let created = 1_706_618_700_000;
-        let text = Text {
+        let text = Fields {
             key: b"txn_1",
             user_id: "67890",
             reason: "bank timeout: é",
@@ -242,12 +242,12 @@ mod tests {
         for r in [full(), Record::new(b"k", "u", 0, *b"EUR", 0, 1)] {
             assert_eq!(decode(r.key(), &encode(&r)), Ok(r));
         }
-        let text = Text {
+        let text = Fields {
             key: b"k",
             user_id: "u",
             provider_ref: "ch_1",
             ttl_secs: 86_400,
-            ..Text::default()
+            ..Fields::default()
         };
         let mut done = Record::with_text(text, i64::MAX, *b"JPY", 1);
         done.status = Status::Failed;
@@ -330,7 +330,7 @@ mod tests {
         );
         assert_eq!(r.lease().map(|l| (l.owner, l.until)), Some(("w1", 99)));
         assert_eq!(r.ttl_secs(), 86_400);
-        assert_eq!(r.text().reason, "timeout");
+        assert_eq!(r.fields().reason, "timeout");
         // Version 1 had no unknown status.
         let mut bad_v1 = v1.clone();
         bad_v1[1] = Status::Unknown as u8;

@@ -383,7 +383,7 @@ fn reply_record(ctx: &Context, r: &Record, outcome: Option<&str>) {
         bulk(b"outcome");
         bulk(o.as_bytes());
     }
-    let text = r.text();
+    let text = r.fields();
     bulk(b"transaction_id");
     bulk(transaction_id(text.key, config::key_prefix().as_bytes()));
     bulk(b"user_id");
@@ -431,7 +431,7 @@ fn reply_json(ctx: &Context, r: &Record) {
 /// by hand: serde's serializer, its growing `String` and the timestamp's
 /// formatter cost about four times as many instructions.
 fn write_json(r: &Record, prefix: &[u8], out: &mut Vec<u8>) {
-    let text = r.text();
+    let text = r.fields();
     let key = std::str::from_utf8(text.key)
         .map_or_else(|_| String::from_utf8_lossy(text.key), Cow::Borrowed);
     let id_bytes = transaction_id(text.key, prefix);
@@ -631,7 +631,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::write_json;
-    use crate::record::{Record, Status, Text, MAX_TIMESTAMP_MS};
+    use crate::record::{Fields, Record, Status, MAX_TIMESTAMP_MS};
 
     fn json(r: &Record, prefix: &[u8]) -> String {
         let mut out = Vec::new();
@@ -655,7 +655,7 @@ mod tests {
             (b"k", "18446744073709551615", "", 951_782_400_000), // 2000-02-29
             ("\u{e9}-1".as_bytes(), "1", "", 1),
         ] {
-            let text = Text {
+            let text = Fields {
                 key,
                 user_id,
                 reason,
@@ -707,7 +707,7 @@ mod tests {
             stale in any::<bool>(),
             status in status(),
         ) {
-            let text = Text {
+            let text = Fields {
                 key: &key,
                 user_id: &user_id,
                 reason: &reason,

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 
 use crate::args;
 use crate::codec;
-use crate::record::{Record, Status, Text, Update, MAX_TIMESTAMP_MS};
+use crate::record::{Fields, Record, Status, Update, MAX_TIMESTAMP_MS};
 
 fn config() -> ProptestConfig {
     ProptestConfig {
@@ -16,7 +16,7 @@ fn config() -> ProptestConfig {
     }
 }
 
-/// Text the parsers accept: printable, no control characters, at most
+/// Fields the parsers accept: printable, no control characters, at most
 /// `max` bytes (`é` takes two).
 fn token(max: usize) -> impl Strategy<Value = String> {
     proptest::string::string_regex(&format!("[a-zA-Z0-9_:.@ é-]{{1,{max}}}"))
@@ -66,7 +66,7 @@ fn record() -> impl Strategy<Value = Record> {
             )| {
                 let pending = !status.is_terminal();
                 let lease = lease.filter(|(_, until)| pending && *until != 0);
-                let text = Text {
+                let text = Fields {
                     key: b"txn_1",
                     user_id: &user,
                     reason: &reason,

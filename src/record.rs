@@ -22,7 +22,7 @@ pub struct Lease<'a> {
 /// The variable-length fields of a record, and the hold and TTL that are
 /// stored with them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Text<'a> {
+pub struct Fields<'a> {
     /// The key the record lives under.
     pub key: &'a [u8],
     pub user_id: &'a str,
@@ -63,7 +63,7 @@ pub struct Record {
     pub updated_at: i64,
 }
 
-/// Text packed for a record: the bytes and the lengths of its fields.
+/// Fields packed for a record: the bytes and the lengths of its fields.
 struct Packed {
     text: Box<[u8]>,
     /// user_id, provider_ref and lease owner.
@@ -73,7 +73,7 @@ struct Packed {
 }
 
 impl Packed {
-    fn new(t: Text<'_>) -> Packed {
+    fn new(t: Fields<'_>) -> Packed {
         let user_id = fit(t.user_id, u8::MAX.into());
         let reason = fit(t.reason, u16::MAX.into());
         let provider_ref = fit(t.provider_ref, u8::MAX.into());
@@ -161,17 +161,17 @@ impl Record {
         now: i64,
         ttl_secs: u32,
     ) -> Record {
-        let text = Text {
+        let text = Fields {
             key,
             user_id,
             ttl_secs,
-            ..Text::default()
+            ..Fields::default()
         };
         Record::with_text(text, amount, currency, now)
     }
 
     /// A pending record with all its text.
-    pub fn with_text(text: Text<'_>, amount: i64, currency: [u8; 3], created_at: i64) -> Record {
+    pub fn with_text(text: Fields<'_>, amount: i64, currency: [u8; 3], created_at: i64) -> Record {
         let mut r = Record {
             text: Box::default(),
             user_id_len: 0,
@@ -192,7 +192,7 @@ impl Record {
     }
 
     /// The variable-length fields, borrowed, the hold and the TTL.
-    pub fn text(&self) -> Text<'_> {
+    pub fn fields(&self) -> Fields<'_> {
         let mut rest = &self.text[..];
         let mut ttl_secs = 0;
         if let Some((bytes, tail)) = rest.split_first_chunk::<4>() {
@@ -210,7 +210,7 @@ impl Record {
         let reason = cut(&mut rest, usize::from(self.reason_len));
         let provider_ref = cut(&mut rest, usize::from(self.ref_len));
         let lease_owner = cut(&mut rest, usize::from(self.owner_len));
-        Text {
+        Fields {
             key: rest,
             user_id,
             reason,
@@ -229,39 +229,42 @@ impl Record {
     }
 
     /// The packing of `text`, if it differs from the record's.
-    fn repacked(&self, text: Text<'_>) -> Option<Packed> {
-        (text != self.text()).then(|| Packed::new(text))
+    fn repacked(&self, text: Fields<'_>) -> Option<Packed> {
+        (text != self.fields()).then(|| Packed::new(text))
     }
 
     /// The key the record lives under.
     pub fn key(&self) -> &[u8] {
-        self.text().key
+        self.fields().key
     }
 
     /// Follows the record to a new key (RENAME, COPY).
     pub fn set_key(&mut self, key: &[u8]) {
         if self.key() != key {
-            self.install(Packed::new(Text { key, ..self.text() }));
+            self.install(Packed::new(Fields {
+                key,
+                ..self.fields()
+            }));
         }
     }
 
     pub fn user_id(&self) -> &str {
-        self.text().user_id
+        self.fields().user_id
     }
 
     /// Seconds the record lives once resolved.
     pub fn ttl_secs(&self) -> u32 {
-        self.text().ttl_secs
+        self.fields().ttl_secs
     }
 
     /// Not claimable before this Unix ms; 0 if no hold was ever set.
     pub fn held_until(&self) -> i64 {
-        self.text().lease_until
+        self.fields().lease_until
     }
 
     /// The lease, if one was granted (live or run out).
     pub fn lease(&self) -> Option<Lease<'_>> {
-        let t = self.text();
+        let t = self.fields();
         (!t.lease_owner.is_empty()).then_some(Lease {
             owner: t.lease_owner,
             until: t.lease_until,
@@ -271,10 +274,10 @@ impl Record {
     /// Grants (`Some`) or drops (`None`) the lease and its hold.
     pub fn set_lease(&mut self, lease: Option<Lease<'_>>) {
         let (owner, until) = lease.map_or(("", 0), |l| (l.owner, l.until));
-        let text = Text {
+        let text = Fields {
             lease_owner: owner,
             lease_until: until,
-            ..self.text()
+            ..self.fields()
         };
         if let Some(p) = self.repacked(text) {
             self.install(p);
@@ -340,7 +343,7 @@ impl Record {
                 Err(PayError::Transition { from, to })
             };
         }
-        let old = self.text();
+        let old = self.fields();
         let resolved = to.is_terminal();
         let lease_until = match update.retry_ms {
             _ if resolved => 0,
@@ -349,7 +352,7 @@ impl Record {
             Some(ms) => now.saturating_add(ms).max(1),
             None => old.lease_until,
         };
-        let text = Text {
+        let text = Fields {
             reason: update.reason.unwrap_or(old.reason),
             provider_ref: update.provider_ref.unwrap_or(old.provider_ref),
             // Resolved: no worker holds it any more.
@@ -424,7 +427,7 @@ impl Record {
             lease_until: i64,
             key: &'a str,
         }
-        let text = self.text();
+        let text = self.fields();
         let user_id = match decimal_u64(text.user_id) {
             Some(n) => UserId::Number(n),
             None => UserId::Text(text.user_id),
@@ -540,7 +543,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(r.apply(&upd, r.created_at + 10), Ok(Applied::Changed));
-        assert_eq!(r.text().reason, "bank timeout");
+        assert_eq!(r.fields().reason, "bank timeout");
         assert_eq!(r.status, Status::Pending);
         assert_eq!(r.lease().map(|l| l.owner), Some("w1"));
         assert_eq!(r.user_id(), "67890");
@@ -564,7 +567,7 @@ mod tests {
         };
         assert_eq!(r.apply(&upd, r.created_at + 1), Ok(Applied::Resolved));
         assert_eq!(r.status, Status::Succeeded);
-        assert_eq!(r.text().provider_ref, "ch_1");
+        assert_eq!(r.fields().provider_ref, "ch_1");
         assert!(r.lease().is_none());
         assert!(!r.leased_at(0));
         assert!(!r.stale);
@@ -637,7 +640,7 @@ mod tests {
             ..Default::default()
         };
         r.apply(&upd, r.created_at).unwrap();
-        let expect = Text {
+        let expect = Fields {
             key: b"renamed:\xff",
             user_id: "67890",
             reason: "timeout é",
@@ -646,13 +649,13 @@ mod tests {
             lease_until: 7,
             ttl_secs: 86_400,
         };
-        assert_eq!(r.text(), expect);
+        assert_eq!(r.fields(), expect);
         assert_eq!(r.lease().map(|l| l.until), Some(7));
         assert_eq!(r.heap_size(), 4 + 8 + 9 + 5 + 10 + 4 + 7);
         r.set_lease(None);
         assert_eq!(r.lease(), None);
-        assert_eq!(r.text().key, b"renamed:\xff");
-        assert_eq!(r.text().provider_ref, "ch_9");
+        assert_eq!(r.fields().key, b"renamed:\xff");
+        assert_eq!(r.fields().provider_ref, "ch_9");
     }
 
     #[test]
