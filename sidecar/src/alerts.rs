@@ -256,6 +256,9 @@ pub fn stuck_message(first: &[Record], repeat: &[Record], threshold: Duration, n
 }
 
 /// The Slack message for payments whose outcome is unknown: a human decides.
+/// Each payment is named in its first alert (up to [`NAMED_UNKNOWN`] new
+/// ones per message, so a human can act on every one); repeats are listed
+/// up to [`LISTED`] and counted beyond.
 pub fn unknown_message(first: &[Record], repeat: &[Record], now: i64) -> String {
     let total = first.len() + repeat.len();
     let mut text = format!(
@@ -263,13 +266,26 @@ pub fn unknown_message(first: &[Record], repeat: &[Record], now: i64) -> String 
         first.len(),
         repeat.len()
     );
-    listing(
-        &mut text,
-        first.iter().chain(repeat).map(|r| unknown_line(r, now)),
-        total,
-    );
+    let named = first.len().min(NAMED_UNKNOWN);
+    for r in &first[..named] {
+        text.push('\n');
+        text.push_str(&unknown_line(r, now));
+    }
+    let repeats = LISTED.saturating_sub(named).min(repeat.len());
+    for r in &repeat[..repeats] {
+        text.push('\n');
+        text.push_str(&unknown_line(r, now));
+    }
+    let rest = total - named - repeats;
+    if rest > 0 {
+        text.push_str(&format!("\n… and {rest} more"));
+    }
     text
 }
+
+/// Most payments that just became unknown one message names: each must
+/// reach a human by name, within Slack's message size.
+pub const NAMED_UNKNOWN: usize = 100;
 
 /// The Slack message for a configuration problem.
 pub fn config_message(problem: &str, key: &str, repeat: Duration) -> String {
@@ -684,6 +700,26 @@ mod tests {
         assert_eq!(money(5, "EUR"), "0.05 EUR");
         assert_eq!(money(1000, "JPY"), "1000 JPY");
         assert_eq!(money(1234, "KWD"), "1.234 KWD");
+    }
+
+    #[test]
+    fn every_newly_unknown_payment_is_named() {
+        let rs: Vec<Record> = (0..30)
+            .map(|i| Record {
+                key: format!("u{i}"),
+                amount: 1000,
+                currency: "USD".into(),
+                ..Record::default()
+            })
+            .collect();
+        let text = unknown_message(&rs[..25], &rs[25..], 0);
+        for i in 0..25 {
+            assert!(text.contains(&format!("`u{i}`")), "u{i} not named:\n{text}");
+        }
+        assert!(text.ends_with("… and 5 more"), "{text}");
+        let text = unknown_message(&rs[..3], &rs[3..], 0);
+        assert_eq!(text.matches("• ").count(), LISTED);
+        assert!(text.ends_with("… and 20 more"), "{text}");
     }
 
     #[test]
