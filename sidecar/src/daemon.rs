@@ -300,6 +300,7 @@ pub fn run(opts: Options, shutdown: Arc<AtomicBool>) -> Result<(), String> {
             unknown_interval: opts.unknown_interval,
         },
         concurrency: usize::from(opts.concurrency),
+        wait_replicas: opts.wait_replicas,
     };
     // The connection for keyed commands, and the primaries it was made for:
     // a new topology gets a new one.

@@ -162,6 +162,13 @@ pub struct Options {
     #[arg(long, env = "PAY_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
 
+    /// After each claim, wait until this many replicas have it (`WAIT n`, up
+    /// to --timeout) before asking the provider; a claim fewer replicas took
+    /// is left for a later claim. With replicas, use 1: a failover can then
+    /// never erase a payment this sidecar has charged.
+    #[arg(long, env = "PAY_WAIT_REPLICAS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub wait_replicas: u32,
+
     /// Back-off before the next attempt after attempt 1, 2, ...; the last
     /// one repeats (e.g. 30s,2m,5m).
     #[arg(long, env = "PAY_RETRY_SCHEDULE", default_value = "5m", value_parser = schedule)]

@@ -137,6 +137,23 @@ pub fn claim(
     Ok(records(v))
 }
 
+/// Whether at least `replicas` replicas have this connection's writes
+/// (`WAIT`, up to `timeout`); always true for 0.
+pub fn replicated(
+    c: &mut dyn ConnectionLike,
+    replicas: u32,
+    timeout: Duration,
+) -> redis::RedisResult<bool> {
+    if replicas == 0 {
+        return Ok(true);
+    }
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(replicas)
+        .arg(millis(timeout).max(1))
+        .query(c)?;
+    Ok(acked >= i64::from(replicas))
+}
+
 /// Unresolved (`pending` and `unknown`) payments created at least `older`
 /// ago, oldest first (read-only).
 pub fn stuck(

@@ -295,6 +295,8 @@ pub struct Settings {
     pub timeout: Duration,
     pub policy: Policy,
     pub concurrency: usize,
+    /// Replicas that must have a claim before the provider is asked.
+    pub wait_replicas: u32,
 }
 
 /// Claims and finishes stale payments on one primary until none is left (or
@@ -348,6 +350,20 @@ fn worker(
             break;
         };
         metrics.claims.inc();
+        if !store::replicated(&mut c, s.wait_replicas, s.timeout)? {
+            // A failover now could erase the claim, and the payment with it
+            // if it is as young: ask the provider only once replicas have
+            // it. The lease runs out and a later claim tries again.
+            warn!(
+                "txn={} attempt={} claim not on {} replica(s) within {}; left for a later claim",
+                r.key,
+                r.attempts,
+                s.wait_replicas,
+                humantime::format_duration(s.timeout)
+            );
+            metrics.outcome("unreplicated");
+            continue;
+        }
         let may_send = || claimed_at.elapsed() + s.timeout * 2 < s.lease;
         let d = decide(provider, &r, &s.policy, &may_send);
         if let Some(problem) = d.problem() {

@@ -504,6 +504,43 @@ fn a_misrouted_bank_url_sends_nothing_fails_nothing_and_alerts_the_operator() {
 /// it is still not sent: a human decides. `PAY.UPDATE key pending` sends it
 /// back to the retries.
 #[test]
+fn with_wait_replicas_nothing_is_sent_for_a_claim_no_replica_has() {
+    // A primary without a replica: a failover could erase what it holds, so
+    // the sidecar asks the provider nothing. Once a replica takes the claims,
+    // the payments finish.
+    let s = redis();
+    let mut c = s.conn();
+    let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 14);
+    for k in ["alone-1", "alone-2"] {
+        cache(&mut c, k, "u", 1000, "USD");
+    }
+    let sidecar = Sidecar::start(
+        &s,
+        &bank.url,
+        None,
+        &[
+            "--wait-replicas",
+            "1",
+            "--timeout",
+            "200ms",
+            "--lease",
+            "1s",
+        ],
+    );
+    wait_for("claims left unreplicated", 10, &sidecar, || {
+        sidecar.log().matches("claim not on 1 replica(s)").count() >= 2
+    });
+    assert!(bank.requests().is_empty(), "{:?}", bank.requests());
+    assert_eq!(pending_count(&mut c), 2);
+    let replica = redis();
+    replicate(&replica, &s);
+    wait_for("both payments to finish", 15, &sidecar, || {
+        pending_count(&mut c) == 0
+    });
+    assert_each_charged_once(&bank, 2);
+}
+
+#[test]
 fn an_unknown_payment_is_never_resent_until_an_operator_says_so() {
     let s = redis();
     let mut c = s.conn();

@@ -40,6 +40,7 @@ pub const SIDECAR_ACL: &[&str] = &[
     "+zremrangebyscore",
     "+get",
     "+set",
+    "+wait",
     "+zrem",
     "+rpush",
     "+lindex",
