@@ -27,7 +27,7 @@ test: build ## Unit tests; module suite on Redis 7.0, 8.2, Valkey 8.1, 9.1; side
 	PAY_SERVER=$(CURDIR)/$(VALKEY9) cargo test --test '*'
 	PAY_SERVER=redis-server cargo test -p pay-sidecar
 	PAY_SERVER=$(CURDIR)/$(VALKEY9) cargo test -p pay-sidecar --test '*'
-	cargo test -p pay-chaos
+	cargo test -p pay-chaos -p pay-proto -p testkit
 
 test-valgrind: build ## The module's integration suite under valgrind (Valkey, libc malloc), sweeper timing tests aside
 	rm -rf target/valgrind
