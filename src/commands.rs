@@ -166,6 +166,17 @@ pub fn update(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     Ok(RedisValue::NoReply)
 }
 
+/// The latest creation time of a record at least `older` ms old at `now`.
+/// OLDER 0 is everything, even a record dated ahead of this server's clock
+/// (written by a primary whose clock ran ahead).
+fn created_by(now: i64, older: i64) -> i64 {
+    if older == 0 {
+        i64::MAX
+    } else {
+        now.saturating_sub(older)
+    }
+}
+
 /// `PAY.STUCK [OLDER ms] [COUNT n]`
 ///
 /// Read-only, so replicas serve it. Lists unresolved records (pending and
@@ -177,13 +188,7 @@ pub fn stuck(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let a: StuckArgs = args::parse_stuck(argv.get()).map_err(fail)?;
     let caller = Caller::of(ctx).map_err(fail)?;
     let older = a.older_ms.unwrap_or_else(|| config::STALE_AFTER_MS.get());
-    // OLDER 0 is everything, even a record dated ahead of this server's
-    // clock (written by a primary whose clock ran ahead).
-    let cutoff = if older == 0 {
-        i64::MAX
-    } else {
-        now_ms().saturating_sub(older)
-    };
+    let cutoff = created_by(now_ms(), older);
     let db = selected_db(ctx);
     // Gather COUNT records, and every other record of the last one's age,
     // then order each age by key and cut at COUNT.
@@ -247,12 +252,11 @@ pub fn claim(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let caller = Caller::of(ctx).map_err(fail)?;
     let now = now_ms();
     let (stale_cutoff, fresh_cutoff) = match a.older_ms {
-        Some(0) => (i64::MAX, i64::MAX),
         Some(older) => {
-            let cutoff = now.saturating_sub(older);
+            let cutoff = created_by(now, older);
             (cutoff, cutoff)
         }
-        None => (i64::MAX, now.saturating_sub(config::STALE_AFTER_MS.get())),
+        None => (i64::MAX, created_by(now, config::STALE_AFTER_MS.get())),
     };
     let db = selected_db(ctx);
     raw::reply_with_array(ctx.ctx, raw::REDISMODULE_POSTPONED_LEN as c_long);
