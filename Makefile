@@ -17,7 +17,11 @@ deps: ## Install what is missing: Debian packages, and Redis 8.2, Valkey 8.1 and
 	@scripts/install-deps.sh
 
 build: deps ## Build the module and pay-sidecar (release)
-	cargo build --release --workspace
+	# The module on its own: built with the workspace, feature unification
+	# would give it the features the clients ask of shared crates (pay-proto's
+	# `redis` reader among them).
+	cargo build --release
+	cargo build --release --workspace --exclude redis-pay
 
 test: build ## Unit tests; module suite on Redis 7.0, 8.2, Valkey 8.1, 9.1; sidecar tests on Redis 7.0, Valkey 9.1; the chaos checker's unit tests
 	cargo test --lib

@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use std::ffi::{c_char, c_long};
 use std::ptr;
 
+use pay_proto::field;
 use redis_module::{raw, Context, ContextFlags, RedisError, RedisResult, RedisString, RedisValue};
 
 use crate::acl::{Access, Caller};
@@ -367,7 +368,7 @@ fn reply_cached(ctx: &Context, r: &Record, outcome: &str, brief: bool) {
     }
     let c = ctx.ctx;
     raw::reply_with_map(c, 2);
-    for s in ["outcome", outcome, "status", r.status.as_str()] {
+    for s in [field::OUTCOME, outcome, field::STATUS, r.status.as_str()] {
         raw::reply_with_string_buffer(c, s.as_ptr().cast::<c_char>(), s.len());
     }
 }
@@ -384,37 +385,37 @@ fn reply_record(ctx: &Context, r: &Record, outcome: Option<&str>) {
     let fields = 14 + c_long::from(outcome.is_some());
     raw::reply_with_map(c, fields);
     if let Some(o) = outcome {
-        bulk(b"outcome");
+        bulk(field::OUTCOME.as_bytes());
         bulk(o.as_bytes());
     }
     let text = r.fields();
-    bulk(b"transaction_id");
+    bulk(field::TRANSACTION_ID.as_bytes());
     bulk(transaction_id(text.key, config::key_prefix().as_bytes()));
-    bulk(b"user_id");
+    bulk(field::USER_ID.as_bytes());
     bulk(text.user_id.as_bytes());
-    bulk(b"amount");
+    bulk(field::AMOUNT.as_bytes());
     int(r.amount);
-    bulk(b"currency");
+    bulk(field::CURRENCY.as_bytes());
     bulk(&r.currency);
-    bulk(b"status");
+    bulk(field::STATUS.as_bytes());
     bulk(r.status.as_str().as_bytes());
-    bulk(b"created_at");
+    bulk(field::CREATED_AT.as_bytes());
     int(r.created_at);
-    bulk(b"updated_at");
+    bulk(field::UPDATED_AT.as_bytes());
     int(r.updated_at);
-    bulk(b"attempts");
+    bulk(field::ATTEMPTS.as_bytes());
     int(i64::from(r.attempts));
-    bulk(b"stale");
+    bulk(field::STALE.as_bytes());
     int(i64::from(r.stale));
-    bulk(b"reason");
+    bulk(field::REASON.as_bytes());
     bulk(text.reason.as_bytes());
-    bulk(b"provider_ref");
+    bulk(field::PROVIDER_REF.as_bytes());
     bulk(text.provider_ref.as_bytes());
-    bulk(b"lease_owner");
+    bulk(field::LEASE_OWNER.as_bytes());
     bulk(text.lease_owner.as_bytes());
-    bulk(b"lease_until");
+    bulk(field::LEASE_UNTIL.as_bytes());
     int(text.lease_until);
-    bulk(b"key");
+    bulk(field::KEY.as_bytes());
     bulk(text.key);
 }
 

@@ -44,15 +44,7 @@ pub fn role(c: &mut Connection) -> Option<String> {
     }
 }
 
-pub fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(n) => Some(n.to_string()),
-        Value::Okay => Some("OK".into()),
-        _ => None,
-    }
-}
+pub use pay_proto::reply::text;
 
 /// `INFO section` as field -> value.
 pub fn info(c: &mut Connection, section: &str) -> Option<BTreeMap<String, String>> {
@@ -65,17 +57,12 @@ pub fn info(c: &mut Connection, section: &str) -> Option<BTreeMap<String, String
     )
 }
 
-/// A record reply (RESP2 flat field/value array) as field -> value.
+/// A record reply as field -> value; None for anything else (nil, an
+/// error, a reply without a status).
 pub fn record(v: &Value) -> Option<BTreeMap<String, String>> {
-    let Value::Array(items) = v else { return None };
-    let fields: BTreeMap<String, String> = items
-        .chunks(2)
-        .filter_map(|p| match p {
-            [k, v] => Some((text(k)?, text(v)?)),
-            _ => None,
-        })
-        .collect();
-    fields.contains_key("status").then_some(fields)
+    pay_proto::reply::fields(v)
+        .ok()
+        .filter(|f| f.contains_key(pay_proto::field::STATUS))
 }
 
 /// PAY.CHECK key: Ok(None) when there is no such payment.

@@ -433,18 +433,7 @@ fn sentinel_master_fields(sentinel: u16) -> Option<std::collections::BTreeMap<St
         .arg(MASTER)
         .query(&mut c)
         .ok()?;
-    let redis::Value::Array(items) = v else {
-        return None;
-    };
-    Some(
-        items
-            .chunks(2)
-            .filter_map(|p| match p {
-                [k, v] => Some((redisio::text(k)?, redisio::text(v)?)),
-                _ => None,
-            })
-            .collect(),
-    )
+    pay_proto::reply::fields(&v).ok()
 }
 
 fn sentinel_flags(sentinel: u16) -> Option<String> {

@@ -5,6 +5,12 @@
 //! - [`Status`]: a payment's status and its name on the wire.
 //! - [`code`]: the code each error reply starts with.
 //! - [`limits`]: the input bounds the module checks.
+//! - [`field`]: the names of a record reply's fields.
+//! - `reply` (feature `redis`): reading record replies with the `redis`
+//!   crate. The module never enables it.
+
+#[cfg(feature = "redis")]
+pub mod reply;
 
 /// A payment's status (DESIGN.md: `pending` -> `succeeded` | `failed` |
 /// `unknown` | `pending`; `unknown` -> `succeeded` | `failed` | `pending`).
@@ -107,6 +113,35 @@ pub mod limits {
     /// One reply never carries more records than this (the event loop must
     /// not stall).
     pub const MAX_STUCK_COUNT: usize = 100_000;
+}
+
+/// The fields of a record reply (PAY.CHECK, PAY.UPDATE, PAY.STUCK,
+/// PAY.CLAIM, and PAY.CACHE without BRIEF), in the order the module writes
+/// them; PAY.CACHE puts [`OUTCOME`](field::OUTCOME) first.
+pub mod field {
+    /// PAY.CACHE's `created` or `duplicate`.
+    pub const OUTCOME: &str = "outcome";
+    /// The key without `pay.key-prefix`: the provider's idempotency key.
+    pub const TRANSACTION_ID: &str = "transaction_id";
+    pub const USER_ID: &str = "user_id";
+    /// Minor units.
+    pub const AMOUNT: &str = "amount";
+    pub const CURRENCY: &str = "currency";
+    pub const STATUS: &str = "status";
+    /// Unix milliseconds, chosen by the primary.
+    pub const CREATED_AT: &str = "created_at";
+    pub const UPDATED_AT: &str = "updated_at";
+    /// How many times the payment was claimed.
+    pub const ATTEMPTS: &str = "attempts";
+    /// 1 once the sweeper flagged it.
+    pub const STALE: &str = "stale";
+    pub const REASON: &str = "reason";
+    pub const PROVIDER_REF: &str = "provider_ref";
+    pub const LEASE_OWNER: &str = "lease_owner";
+    /// When the lease or the RETRY back-off ends (unix ms; 0 when none).
+    pub const LEASE_UNTIL: &str = "lease_until";
+    /// The full Redis key.
+    pub const KEY: &str = "key";
 }
 
 #[cfg(test)]

@@ -38,9 +38,11 @@ pub struct Submission {
     pub currency: String,
 }
 
-/// What the provider says it did with a payment.
+/// What the provider says it did with a payment, in its own vocabulary: it
+/// never says `unknown` (that is this side's word for not knowing what the
+/// provider did), so it is not [`pay_proto::Status`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Status {
+pub enum ProviderStatus {
     Succeeded,
     Failed,
     /// The provider has it and is still processing it: not a verdict.
@@ -52,7 +54,7 @@ pub enum Status {
 pub enum Answer {
     /// The provider knows the payment (200/201 with a status).
     Known {
-        status: Status,
+        status: ProviderStatus,
         reference: String,
         message: String,
     },
@@ -119,9 +121,9 @@ pub fn classify(call: Call, code: u16, text: &str) -> Answer {
     match code {
         200 | 201 => {
             let status = match status {
-                Some("succeeded") => Status::Succeeded,
-                Some("failed") => Status::Failed,
-                Some("pending") => Status::Pending,
+                Some("succeeded") => ProviderStatus::Succeeded,
+                Some("failed") => ProviderStatus::Failed,
+                Some("pending") => ProviderStatus::Pending,
                 Some(other) => {
                     return Answer::Transient(format!(
                         "provider answered {code} with an unrecognised status '{}'",
@@ -278,7 +280,7 @@ mod tests {
         assert_eq!(
             a,
             Answer::Known {
-                status: Status::Succeeded,
+                status: ProviderStatus::Succeeded,
                 reference: "ch_1".into(),
                 message: String::new()
             }
@@ -291,7 +293,7 @@ mod tests {
         assert_eq!(
             a,
             Answer::Known {
-                status: Status::Failed,
+                status: ProviderStatus::Failed,
                 reference: "ch_2".into(),
                 message: "card declined".into()
             }

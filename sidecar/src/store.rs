@@ -5,7 +5,6 @@
 //! cluster. TLS (rediss://, a private CA, client certificates) is the
 //! `redis` crate's own, on every connection.
 
-use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -18,84 +17,33 @@ use redis::{
     TlsMode, Value,
 };
 
-/// A payment record as PAY.* returns it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Record {
-    /// The full Redis key: what every Redis command names.
-    pub key: String,
-    /// The key without the module's `pay.key-prefix`: what the provider
-    /// knows (URL, Idempotency-Key, body).
-    pub transaction_id: String,
-    pub user_id: String,
-    pub amount: i64,
-    pub currency: String,
-    pub status: Status,
-    pub created_at: i64,
-    pub attempts: u32,
-    pub reason: String,
-    pub provider_ref: String,
-    pub lease_owner: String,
-    pub lease_until: i64,
-}
+use pay_proto::reply::text;
+pub use pay_proto::reply::Record;
 
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-/// Reads a record reply: a RESP3 map or a RESP2 flat field/value array.
-pub fn parse_record(v: &Value) -> Option<Record> {
-    let pairs: Vec<(String, String)> = match v {
-        Value::Map(m) => m
-            .iter()
-            .filter_map(|(k, v)| Some((text(k)?, text(v)?)))
-            .collect(),
-        Value::Array(a) => a
-            .chunks(2)
-            .filter_map(|p| match p {
-                [k, v] => Some((text(k)?, text(v)?)),
-                _ => None,
-            })
-            .collect(),
-        _ => return None,
-    };
-    let f: BTreeMap<String, String> = pairs.into_iter().collect();
-    let get = |name: &str| f.get(name).cloned().unwrap_or_default();
-    let num = |name: &str| f.get(name).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
-    let transaction_id = f.get("transaction_id")?.clone();
-    Some(Record {
-        // A module before contract v2 has no `key` field: its key is the id.
-        key: f
-            .get("key")
-            .cloned()
-            .unwrap_or_else(|| transaction_id.clone()),
-        transaction_id,
-        user_id: get("user_id"),
-        amount: num("amount"),
-        currency: get("currency"),
-        // Every module reply carries a status; a missing one reads as pending.
-        status: f
-            .get("status")
-            .and_then(|s| Status::parse(s.as_bytes()))
-            .unwrap_or_default(),
-        created_at: num("created_at"),
-        attempts: u32::try_from(num("attempts")).unwrap_or(u32::MAX),
-        reason: get("reason"),
-        provider_ref: get("provider_ref"),
-        lease_owner: get("lease_owner"),
-        lease_until: num("lease_until"),
-    })
-}
-
+/// The records of a PAY.CLAIM or PAY.STUCK reply. One the sidecar cannot
+/// read is logged and left alone: acting on half a payment could charge the
+/// wrong amount, and the payment stays listed for an operator.
 fn records(v: Value) -> Vec<Record> {
-    match v {
-        Value::Array(items) => items.iter().filter_map(parse_record).collect(),
-        _ => Vec::new(),
-    }
+    let Value::Array(items) = v else {
+        log::error!("expected an array of records, got {v:?}");
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| {
+            Record::from_reply(item)
+                .map_err(|e| log::error!("an unreadable record is left alone: {e}"))
+                .ok()
+        })
+        .collect()
+}
+
+fn unreadable(e: String) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "unreadable record",
+        e,
+    ))
 }
 
 /// One primary: the sidecar claims its stuck payments there.
@@ -187,7 +135,7 @@ pub fn update(
     key: &str,
     status: Status,
     change: &Change,
-) -> redis::RedisResult<Record> {
+) -> redis::RedisResult<()> {
     let mut cmd = redis::cmd("PAY.UPDATE");
     cmd.arg(key).arg(status.as_str());
     if let Some(r) = change.reason {
@@ -202,16 +150,17 @@ pub fn update(
     if let Some(n) = change.fence {
         cmd.arg("FENCE").arg(n);
     }
-    let v: Value = cmd.query(c)?;
-    parse_record(&v).ok_or_else(|| {
-        redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "not a record"))
-    })
+    // The reply is the record as written; the sidecar needs only to know
+    // that it was written (an error reply says why not).
+    cmd.query::<Value>(c).map(drop)
 }
 
 /// PAY.CHECK key: None when the payment is gone.
 pub fn check(c: &mut dyn ConnectionLike, key: &str) -> redis::RedisResult<Option<Record>> {
-    let v: Value = redis::cmd("PAY.CHECK").arg(key).query(c)?;
-    Ok(parse_record(&v))
+    match redis::cmd("PAY.CHECK").arg(key).query(c)? {
+        Value::Nil => Ok(None),
+        v => Record::from_reply(&v).map(Some).map_err(unreadable),
+    }
 }
 
 /// An error as Redis wrote it (`WRONGTYPE Operation against ...`), for logs:
@@ -605,44 +554,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_flat_and_map_records() {
-        let flat = Value::Array(vec![
-            Value::BulkString(b"transaction_id".to_vec()),
-            Value::BulkString(b"t1".to_vec()),
-            Value::BulkString(b"amount".to_vec()),
-            Value::Int(1000),
-            Value::BulkString(b"attempts".to_vec()),
-            Value::Int(2),
-        ]);
-        let r = parse_record(&flat).unwrap();
-        assert_eq!((r.key.as_str(), r.amount, r.attempts), ("t1", 1000, 2));
-        assert_eq!(r.transaction_id, "t1");
-        let map = Value::Map(vec![(
-            Value::BulkString(b"transaction_id".to_vec()),
-            Value::BulkString(b"t2".to_vec()),
-        )]);
-        assert_eq!(parse_record(&map).unwrap().key, "t2");
-        assert_eq!(parse_record(&Value::Nil), None);
-    }
-
-    #[test]
-    fn the_key_and_the_transaction_id_are_kept_apart() {
-        let flat = Value::Array(
-            [
-                "transaction_id",
-                "txn_1",
-                "attempts",
-                "3",
-                "key",
-                "payment:txn_1",
-            ]
-            .iter()
-            .map(|s| Value::BulkString(s.as_bytes().to_vec()))
-            .collect(),
-        );
-        let r = parse_record(&flat).unwrap();
-        assert_eq!(r.key, "payment:txn_1");
-        assert_eq!(r.transaction_id, "txn_1");
+    fn a_claim_reply_keeps_the_records_it_can_read_and_leaves_half_ones_alone() {
+        let flat = |items: &[&str]| {
+            Value::Array(
+                items
+                    .iter()
+                    .map(|s| Value::BulkString(s.as_bytes().to_vec()))
+                    .collect(),
+            )
+        };
+        let whole = [
+            "transaction_id",
+            "t1",
+            "user_id",
+            "u",
+            "amount",
+            "500",
+            "currency",
+            "EUR",
+            "status",
+            "pending",
+        ];
+        let no_amount = ["transaction_id", "t2", "user_id", "u", "currency", "EUR"];
+        let got = records(Value::Array(vec![
+            flat(&whole),
+            flat(&no_amount),
+            Value::Nil,
+        ]));
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].key.as_str(), got[0].amount), ("t1", 500));
+        assert!(records(Value::Nil).is_empty());
     }
 
     #[test]

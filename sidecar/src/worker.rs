@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
-use pay_proto::{code, Status as RecordStatus};
+use pay_proto::{code, Status};
 
 use crate::metrics::Metrics;
-use crate::provider::{Answer, Provider, Status, Submission};
+use crate::provider::{Answer, Provider, ProviderStatus, Submission};
 use crate::store::{self, Change, Node, Record};
 
 /// How undecided payments are retried.
@@ -108,7 +108,7 @@ pub fn decide(
     policy: &Policy,
     may_send: &dyn Fn() -> bool,
 ) -> Decision {
-    if r.status == RecordStatus::Unknown {
+    if r.status == Status::Unknown {
         return decide_unknown(provider, r, policy);
     }
     let answer = match provider.status(&r.transaction_id) {
@@ -138,12 +138,12 @@ pub fn decide(
     };
     match answer {
         Answer::Known {
-            status: Status::Succeeded,
+            status: ProviderStatus::Succeeded,
             reference,
             ..
         } => Decision::Succeeded { reference },
         Answer::Known {
-            status: Status::Failed,
+            status: ProviderStatus::Failed,
             reference,
             message,
         } => failed(reference, message),
@@ -152,7 +152,7 @@ pub fn decide(
             reference: String::new(),
         },
         Answer::Known {
-            status: Status::Pending,
+            status: ProviderStatus::Pending,
             ..
         } => undecided("the provider is still processing it".into(), None),
         // Only a GET says "not found"; the POST's answer never does.
@@ -172,17 +172,17 @@ fn decide_unknown(provider: &dyn Provider, r: &Record, policy: &Policy) -> Decis
     };
     match provider.status(&r.transaction_id) {
         Answer::Known {
-            status: Status::Succeeded,
+            status: ProviderStatus::Succeeded,
             reference,
             ..
         } => Decision::Succeeded { reference },
         Answer::Known {
-            status: Status::Failed,
+            status: ProviderStatus::Failed,
             reference,
             message,
         } => failed(reference, message),
         Answer::Known {
-            status: Status::Pending,
+            status: ProviderStatus::Pending,
             ..
         } => still("the provider is still processing it".into(), None),
         Answer::NotFound => still(
@@ -231,7 +231,7 @@ pub fn apply(
     let fence = Some(r.attempts);
     let (status, change) = match d {
         Decision::Succeeded { reference } => (
-            RecordStatus::Succeeded,
+            Status::Succeeded,
             Change {
                 reference: Some(reference),
                 fence,
@@ -239,7 +239,7 @@ pub fn apply(
             },
         ),
         Decision::Failed { reason, reference } => (
-            RecordStatus::Failed,
+            Status::Failed,
             Change {
                 reason: Some(reason),
                 reference: Some(reference),
@@ -248,7 +248,7 @@ pub fn apply(
             },
         ),
         Decision::Retry { reason, after, .. } => (
-            RecordStatus::Pending,
+            Status::Pending,
             Change {
                 reason: Some(reason),
                 retry: Some(*after),
@@ -257,7 +257,7 @@ pub fn apply(
             },
         ),
         Decision::Unknown { reason, after, .. } => (
-            RecordStatus::Unknown,
+            Status::Unknown,
             Change {
                 reason: Some(reason),
                 retry: Some(*after),
@@ -485,7 +485,7 @@ mod tests {
         Record {
             key: "payment:t".into(),
             transaction_id: "t".into(),
-            status: RecordStatus::parse(status.as_bytes()).unwrap(),
+            status: Status::parse(status.as_bytes()).unwrap(),
             attempts,
             ..Record::default()
         }
@@ -506,7 +506,7 @@ mod tests {
         run_on(&record("pending", attempts), get, post)
     }
 
-    fn known(status: Status) -> Answer {
+    fn known(status: ProviderStatus) -> Answer {
         Answer::Known {
             status,
             reference: "ch_1".into(),
@@ -521,7 +521,7 @@ mod tests {
     /// Every answer that is not a verdict about the payment.
     fn undecided_answers() -> Vec<Answer> {
         vec![
-            known(Status::Pending),
+            known(ProviderStatus::Pending),
             Answer::Transient("provider timed out".into()),
             Answer::Transient("provider error 503".into()),
             config(),
@@ -530,17 +530,21 @@ mod tests {
 
     #[test]
     fn the_provider_sees_the_transaction_id_not_the_key() {
-        let (_, calls) = run(Answer::NotFound, known(Status::Succeeded), 1);
+        let (_, calls) = run(Answer::NotFound, known(ProviderStatus::Succeeded), 1);
         assert_eq!(calls, ["GET t", "POST t"]);
     }
 
     #[test]
     fn a_payment_the_provider_knows_is_never_sent_again() {
-        for status in [Status::Succeeded, Status::Failed, Status::Pending] {
-            let (_, calls) = run(known(status), known(Status::Succeeded), 1);
+        for status in [
+            ProviderStatus::Succeeded,
+            ProviderStatus::Failed,
+            ProviderStatus::Pending,
+        ] {
+            let (_, calls) = run(known(status), known(ProviderStatus::Succeeded), 1);
             assert_eq!(calls, ["GET t"]);
         }
-        let (d, _) = run(known(Status::Succeeded), Answer::NotFound, 1);
+        let (d, _) = run(known(ProviderStatus::Succeeded), Answer::NotFound, 1);
         assert_eq!(
             d,
             Decision::Succeeded {
@@ -551,7 +555,7 @@ mod tests {
 
     #[test]
     fn a_payment_the_provider_never_saw_is_sent_once() {
-        let (d, calls) = run(Answer::NotFound, known(Status::Succeeded), 1);
+        let (d, calls) = run(Answer::NotFound, known(ProviderStatus::Succeeded), 1);
         assert_eq!(calls, ["GET t", "POST t"]);
         assert_eq!(d.outcome(), "succeeded");
     }
@@ -559,7 +563,7 @@ mod tests {
     #[test]
     fn only_not_found_leads_to_a_post() {
         for get in undecided_answers() {
-            let (_, calls) = run(get.clone(), known(Status::Succeeded), 1);
+            let (_, calls) = run(get.clone(), known(ProviderStatus::Succeeded), 1);
             assert_eq!(calls, ["GET t"], "POST after {get:?}");
         }
     }
@@ -620,7 +624,7 @@ mod tests {
     #[test]
     fn configuration_errors_are_reported_and_never_fail() {
         for attempts in [1, 3] {
-            let (d, _) = run(config(), known(Status::Succeeded), attempts);
+            let (d, _) = run(config(), known(ProviderStatus::Succeeded), attempts);
             assert_eq!(d.problem(), Some("configuration error: 404"));
             assert_ne!(d.outcome(), "failed");
         }
@@ -642,7 +646,7 @@ mod tests {
         );
         let (d, _) = run(
             Answer::Known {
-                status: Status::Failed,
+                status: ProviderStatus::Failed,
                 reference: "ch_9".into(),
                 message: "card declined".into(),
             },
@@ -665,7 +669,7 @@ mod tests {
             .into_iter()
             .chain([Answer::NotFound, Answer::Refused("x".into())])
         {
-            let (d, calls) = run_on(&r, get.clone(), known(Status::Succeeded));
+            let (d, calls) = run_on(&r, get.clone(), known(ProviderStatus::Succeeded));
             assert_eq!(calls, ["GET t"], "after {get:?}");
             let Decision::Unknown { reason, after, .. } = &d else {
                 panic!("{get:?}: {d:?}");
@@ -673,7 +677,7 @@ mod tests {
             assert!(reason.starts_with("outcome unknown after 7 attempts"));
             assert_eq!(*after, Duration::from_secs(3600));
         }
-        let (d, _) = run_on(&r, Answer::NotFound, known(Status::Succeeded));
+        let (d, _) = run_on(&r, Answer::NotFound, known(ProviderStatus::Succeeded));
         let Decision::Unknown { reason, .. } = d else {
             unreachable!()
         };
@@ -686,7 +690,7 @@ mod tests {
     #[test]
     fn a_definite_answer_resolves_an_unknown_payment() {
         let r = record("unknown", 4);
-        let (d, calls) = run_on(&r, known(Status::Succeeded), Answer::NotFound);
+        let (d, calls) = run_on(&r, known(ProviderStatus::Succeeded), Answer::NotFound);
         assert_eq!(calls, ["GET t"]);
         assert_eq!(
             d,
@@ -694,7 +698,7 @@ mod tests {
                 reference: "ch_1".into()
             }
         );
-        let (d, _) = run_on(&r, known(Status::Failed), Answer::NotFound);
+        let (d, _) = run_on(&r, known(ProviderStatus::Failed), Answer::NotFound);
         assert_eq!(d.outcome(), "failed");
     }
 
@@ -816,7 +820,7 @@ mod tests {
     fn no_post_without_enough_lease_left() {
         let p = Scripted {
             get: Answer::NotFound,
-            post: known(Status::Succeeded),
+            post: known(ProviderStatus::Succeeded),
             calls: Mutex::new(Vec::new()),
         };
         let r = record("pending", 1);

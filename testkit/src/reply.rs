@@ -19,27 +19,15 @@ pub fn err(c: &mut Connection, cmd: &redis::Cmd) -> String {
     }
 }
 
+/// A scalar reply as text; panics on anything else.
 pub fn text(v: &Value) -> String {
-    match v {
-        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::SimpleString(s) => s.clone(),
-        Value::Int(n) => n.to_string(),
-        Value::Okay => "OK".into(),
-        other => panic!("not a scalar: {other:?}"),
-    }
+    pay_proto::reply::text(v).unwrap_or_else(|| panic!("not a scalar: {v:?}"))
 }
 
-/// A record reply (RESP3 map or RESP2 flat array) as field -> text.
+/// A record reply (RESP3 map or RESP2 flat array) as field -> text; panics
+/// on anything else.
 pub fn record(v: &Value) -> BTreeMap<String, String> {
-    let pairs: Vec<(String, String)> = match v {
-        Value::Map(m) => m.iter().map(|(k, v)| (text(k), text(v))).collect(),
-        Value::Array(a) => {
-            assert!(a.len() % 2 == 0, "odd flat record: {a:?}");
-            a.chunks(2).map(|p| (text(&p[0]), text(&p[1]))).collect()
-        }
-        other => panic!("not a record: {other:?}"),
-    };
-    pairs.into_iter().collect()
+    pay_proto::reply::fields(v).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A field of INFO pay, as a number.

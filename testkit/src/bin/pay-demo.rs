@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use pay_proto::reply::Record;
+use pay_proto::Status;
 use redis::{Connection, Value};
 use testkit::free_port;
 use testkit::standin::{Bank, Slack};
@@ -60,29 +62,15 @@ fn wait(what: &str, secs: u64, mut done: impl FnMut() -> bool) -> Result<(), Str
     Err(format!("timed out after {secs}s waiting for {what}"))
 }
 
-/// A payment as the demo narrates it: PAY.CHECK's fields.
-#[derive(Default)]
-struct Payment {
-    status: String,
-    attempts: u32,
-    reason: String,
-    provider_ref: String,
-}
-
-/// PAY.CHECK key; an empty payment when it is absent or unreadable.
-fn record(c: &mut Connection, key: &str) -> Payment {
-    let v: Value = match redis::cmd("PAY.CHECK").arg(key).query(c) {
-        Ok(Value::Nil) | Err(_) => return Payment::default(),
-        Ok(v) => v,
-    };
-    let mut f = testkit::record(&v);
-    let mut take = |name: &str| f.remove(name).unwrap_or_default();
-    Payment {
-        status: take("status"),
-        attempts: take("attempts").parse().unwrap_or(0),
-        reason: take("reason"),
-        provider_ref: take("provider_ref"),
-    }
+/// PAY.CHECK key; an empty (pending) record when it is absent or
+/// unreadable.
+fn record(c: &mut Connection, key: &str) -> Record {
+    redis::cmd("PAY.CHECK")
+        .arg(key)
+        .query::<Value>(c)
+        .ok()
+        .and_then(|v| Record::from_reply(&v).ok())
+        .unwrap_or_default()
 }
 
 /// The application's own call to the provider (what the service does today).
@@ -242,7 +230,7 @@ fn run() -> Result<(), String> {
     say("the app sent txn_demo_2 to the provider, which charged it, but the reply was lost:");
     say("the payment stays pending in Redis and nobody finishes it... except the sidecar");
     wait("txn_demo_2 to be finished", 30, || {
-        record(&mut c, "txn_demo_2").status == "succeeded"
+        record(&mut c, "txn_demo_2").status == Status::Succeeded
     })?;
     let r = record(&mut c, "txn_demo_2");
     say(&format!(
@@ -276,7 +264,7 @@ fn run() -> Result<(), String> {
     bank.set_outage(false);
     say("the provider recovers");
     wait("txn_demo_3 to complete", 30, || {
-        record(&mut c, "txn_demo_3").status == "succeeded"
+        record(&mut c, "txn_demo_3").status == Status::Succeeded
     })?;
     wait("the resolved message", 15, || {
         slack
@@ -304,11 +292,11 @@ fn run() -> Result<(), String> {
     let mut last = 0;
     wait("txn_demo_4 to run out of attempts", 40, || {
         let r = record(&mut c, "txn_demo_4");
-        if r.attempts > last && r.status == "pending" {
+        if r.attempts > last && r.status == Status::Pending {
             say(&format!("attempt {}: {}", r.attempts, r.reason));
             last = r.attempts;
         }
-        r.status == "unknown"
+        r.status == Status::Unknown
     })?;
     let r = record(&mut c, "txn_demo_4");
     say(&format!(
@@ -326,7 +314,7 @@ fn run() -> Result<(), String> {
     bank.settle("txn_demo_4", "succeeded", "ch_demo_4");
     say("the provider finally settles it");
     wait("txn_demo_4 to resolve", 20, || {
-        record(&mut c, "txn_demo_4").status == "succeeded"
+        record(&mut c, "txn_demo_4").status == Status::Succeeded
     })?;
     wait("the resolved message", 15, || {
         slack
@@ -355,7 +343,7 @@ fn run() -> Result<(), String> {
             "{:<12} {:<10} {:>8} {:<10} {:>16} {:>14}",
             key, r.status, r.attempts, r.provider_ref, charged, mentions
         );
-        ok &= r.status == "succeeded" && charged == 1;
+        ok &= r.status == Status::Succeeded && charged == 1;
     }
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
