@@ -1,17 +1,21 @@
 //! The one binary form of a record, used for RDB (and so DUMP/RESTORE and
 //! replica full sync), AOF rewrite and replication (`PAY.LOAD key blob`).
 //!
-//! Layout (little-endian), version 2:
+//! Layout (little-endian), version 3:
 //! `u8 version, u8 status, u8 flags (1 = stale, 2 = has a lease owner,
 //! 4 = has a hold deadline), [u8; 3] currency, i64 amount, i64 created_at,
 //! i64 updated_at, u32 attempts, u32 ttl_secs, str user_id, str reason,
-//! str provider_ref, [str lease_owner], [i64 lease_until]`
-//! where `str` is a u16 length and UTF-8 bytes. Version 1 (no TTL; owner and
-//! deadline always together, flag 2) is still read, so data written before
-//! contract v2 loads. Decoding checks every field with the same rules as the
-//! commands, so no byte string can make a record that the commands could not
-//! have made. The key is not in the blob: it travels beside it, as any bytes
-//! Redis allows.
+//! str provider_ref, [str lease_owner], [i64 lease_until], bytes identity`
+//! where `str` is a u16 length and UTF-8 bytes, and `bytes` a u32 length and
+//! any bytes. Version 2 (no identity) and version 1 (no TTL either; owner and
+//! deadline always together, flag 2) are still read, so data written before
+//! loads. Decoding checks every field with the same rules as the commands, so
+//! no byte string can make a record that the commands could not have made.
+//!
+//! The key is not in the blob: it travels beside it, as any bytes Redis
+//! allows. The identity is the key the payment was created under, which
+//! gives its transaction id: a blob restored or copied under another name is
+//! still the same payment to the provider.
 
 use pay_proto::limits::{
     MAX_CONSUMER_LEN, MAX_REASON_LEN, MAX_REF_LEN, MAX_TTL_SECS, MAX_USER_ID_LEN,
@@ -22,13 +26,13 @@ use crate::config::DEFAULT_TTL;
 use crate::error::PayError;
 use crate::record::{Fields, Record, Status, MAX_TIMESTAMP_MS};
 
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 const FLAG_STALE: u8 = 1;
 const FLAG_OWNER: u8 = 2;
 const FLAG_HOLD: u8 = 4;
 
 pub fn encode(r: &Record) -> Vec<u8> {
-    let mut out = Vec::with_capacity(52 + r.heap_size() + 8);
+    let mut out = Vec::with_capacity(56 + r.heap_size() + 8 + r.key().len());
     encode_into(r, &mut out);
     out
 }
@@ -64,6 +68,11 @@ pub fn encode_into(r: &Record, out: &mut Vec<u8>) {
     if flags & FLAG_HOLD != 0 {
         out.extend_from_slice(&text.lease_until.to_le_bytes());
     }
+    let identity = text.identity();
+    // A Redis key is at most 512 MB.
+    let len = u32::try_from(identity.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&identity[..identity.len().min(len as usize)]);
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -89,7 +98,7 @@ pub fn decode(key: &[u8], bytes: &[u8]) -> Result<Record, DecodeError> {
     let version = rd.u8()?;
     let (owner_flag, hold_flag) = match version {
         1 => (FLAG_OWNER, FLAG_OWNER),
-        VERSION => (FLAG_OWNER, FLAG_HOLD),
+        2 | VERSION => (FLAG_OWNER, FLAG_HOLD),
         _ => return Err(DecodeError(format!("unknown encoding version {version}"))),
     };
     let status = Status::from_code(rd.u8()?).ok_or_else(|| bad("unknown status"))?;
@@ -146,6 +155,13 @@ pub fn decode(key: &[u8], bytes: &[u8]) -> Result<Record, DecodeError> {
     } else {
         0
     };
+    // Before version 3 a payment was known by the key it lived under.
+    let origin = if version == VERSION {
+        let len = u32::from_le_bytes(rd.array()?);
+        rd.take(usize::try_from(len).map_err(|_| bad("truncated"))?)?
+    } else {
+        key
+    };
     if !rd.bytes.is_empty() {
         return Err(bad("trailing bytes"));
     }
@@ -155,6 +171,7 @@ pub fn decode(key: &[u8], bytes: &[u8]) -> Result<Record, DecodeError> {
     }
     let text = Fields {
         key,
+        origin,
         user_id,
         reason,
         provider_ref,
@@ -223,6 +240,7 @@ mod tests {
         let created = 1_706_618_700_000;
         let text = Fields {
             key: b"txn_1",
+            origin: b"",
             user_id: "67890",
             reason: "bank timeout: é",
             provider_ref: "",
@@ -235,6 +253,32 @@ mod tests {
         r.attempts = 3;
         r.updated_at += 5;
         r
+    }
+
+    #[test]
+    fn the_identity_travels_in_the_blob_and_older_blobs_are_known_by_their_key() {
+        let mut r = full();
+        r.set_key(b"restored:elsewhere");
+        let blob = encode(&r);
+        // Restored under a third name, it is still payment txn_1.
+        let back = decode(b"third", &blob).unwrap();
+        assert_eq!(
+            (back.key(), back.fields().origin),
+            (&b"third"[..], &b"txn_1"[..])
+        );
+        // Restored under the name it was created under, it carries no origin.
+        assert_eq!(decode(b"txn_1", &blob).unwrap().fields().origin, b"");
+        // A version 2 blob: what it encoded, without the identity.
+        let mut v2 = encode(&full());
+        v2.truncate(v2.len() - 4 - b"txn_1".len());
+        v2[0] = 2;
+        let old = decode(b"moved", &v2).unwrap();
+        assert_eq!(
+            (old.key(), old.fields().identity()),
+            (&b"moved"[..], &b"moved"[..])
+        );
+        // A cut identity is refused.
+        assert!(decode(b"txn_1", &blob[..blob.len() - 1]).is_err());
     }
 
     #[test]

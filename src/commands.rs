@@ -390,7 +390,10 @@ fn reply_record(ctx: &Context, r: &Record, outcome: Option<&str>) {
     }
     let text = r.fields();
     bulk(field::TRANSACTION_ID.as_bytes());
-    bulk(transaction_id(text.key, config::key_prefix().as_bytes()));
+    bulk(transaction_id(
+        text.identity(),
+        config::key_prefix().as_bytes(),
+    ));
     bulk(field::USER_ID.as_bytes());
     bulk(text.user_id.as_bytes());
     bulk(field::AMOUNT.as_bytes());
@@ -439,11 +442,12 @@ fn write_json(r: &Record, prefix: &[u8], out: &mut Vec<u8>) {
     let text = r.fields();
     let key = std::str::from_utf8(text.key)
         .map_or_else(|_| String::from_utf8_lossy(text.key), Cow::Borrowed);
-    let id_bytes = transaction_id(text.key, prefix);
-    // A key that is text holds its transaction id as text: no second check.
+    let id_bytes = transaction_id(text.identity(), prefix);
+    // A key that is text holds its transaction id as text (unless the
+    // payment moved: then the id is its origin's): no second check.
     let id = match &key {
-        Cow::Borrowed(k) => k.get(text.key.len() - id_bytes.len()..),
-        Cow::Owned(_) => None,
+        Cow::Borrowed(k) if text.origin.is_empty() => k.get(text.key.len() - id_bytes.len()..),
+        _ => None,
     };
     out.extend_from_slice(b"{\"transaction_id\":");
     json_str(
@@ -662,6 +666,7 @@ mod tests {
         ] {
             let text = Fields {
                 key,
+                origin: b"",
                 user_id,
                 reason,
                 provider_ref: "ch_\u{1}",
@@ -699,6 +704,7 @@ mod tests {
         #[test]
         fn hand_written_json_is_serde_json_byte_for_byte(
             key in vec(any::<u8>(), 1..40),
+            origin in prop_oneof![Just(Vec::new()), vec(any::<u8>(), 0..40)],
             prefix in vec(any::<u8>(), 0..4),
             user_id in any::<String>(),
             reason in any::<String>(),
@@ -714,6 +720,7 @@ mod tests {
         ) {
             let text = Fields {
                 key: &key,
+                origin: &origin,
                 user_id: &user_id,
                 reason: &reason,
                 provider_ref: &provider_ref,

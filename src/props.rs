@@ -33,8 +33,19 @@ fn status() -> impl Strategy<Value = Status> {
     ]
 }
 
-/// Any record the commands could have made.
+/// Any record the commands could have made, under the key it was created
+/// under or moved to another (RENAME, COPY: any bytes Redis allows).
 fn record() -> impl Strategy<Value = Record> {
+    (created(), proptest::option::of(vec(any::<u8>(), 0..40))).prop_map(|(mut r, moved)| {
+        if let Some(key) = moved {
+            r.set_key(&key);
+        }
+        r
+    })
+}
+
+/// Any record the commands could have made, under the key it was made.
+fn created() -> impl Strategy<Value = Record> {
     (
         token(128),
         0..=i64::MAX,
@@ -68,6 +79,7 @@ fn record() -> impl Strategy<Value = Record> {
                 let lease = lease.filter(|(_, until)| pending && *until != 0);
                 let text = Fields {
                     key: b"txn_1",
+                    origin: b"",
                     user_id: &user,
                     reason: &reason,
                     provider_ref: reference.as_deref().unwrap_or_default(),

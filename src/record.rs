@@ -25,6 +25,11 @@ pub struct Lease<'a> {
 pub struct Fields<'a> {
     /// The key the record lives under.
     pub key: &'a [u8],
+    /// The key the payment was created under, when it now lives under
+    /// another (RENAME, COPY, RESTORE elsewhere); empty otherwise. Its
+    /// transaction id comes from it: the provider knows the payment by the
+    /// id it was sent with, whatever Redis calls the key since.
+    pub origin: &'a [u8],
     pub user_id: &'a str,
     pub reason: &'a str,
     pub provider_ref: &'a str,
@@ -37,20 +42,33 @@ pub struct Fields<'a> {
     pub ttl_secs: u32,
 }
 
+impl<'a> Fields<'a> {
+    /// The key the payment was created under: its origin if it moved, else
+    /// its key.
+    pub fn identity(&self) -> &'a [u8] {
+        if self.origin.is_empty() {
+            self.key
+        } else {
+            self.origin
+        }
+    }
+}
+
 /// One payment, in 56 bytes plus one allocation for its text: a million
 /// pending payments must cost less memory than a string per key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     /// TTL (4 bytes little-endian), the hold deadline when set (8 bytes
-    /// little-endian), then user_id, reason, provider_ref, lease owner and
-    /// key, end to end.
+    /// little-endian), the origin when set (its length as 4 bytes
+    /// little-endian, then its bytes), then user_id, reason, provider_ref,
+    /// lease owner and key, end to end.
     text: Box<[u8]>,
     user_id_len: u8,
     reason_len: u16,
     ref_len: u8,
     owner_len: u8,
-    /// Whether `text` carries a hold deadline.
-    held: bool,
+    /// What `text` carries besides the fields every record has: HELD, ORIGIN.
+    extra: u8,
     pub status: Status,
     pub stale: bool,
     /// ISO 4217 letters, upper-case.
@@ -63,13 +81,18 @@ pub struct Record {
     pub updated_at: i64,
 }
 
+/// `Record::extra`: the text carries a hold deadline.
+const HELD: u8 = 1;
+/// `Record::extra`: the text carries an origin.
+const ORIGIN: u8 = 2;
+
 /// Fields packed for a record: the bytes and the lengths of its fields.
 struct Packed {
     text: Box<[u8]>,
     /// user_id, provider_ref and lease owner.
     short_lens: [u8; 3],
     reason_len: u16,
-    held: bool,
+    extra: u8,
 }
 
 impl Packed {
@@ -84,8 +107,14 @@ impl Packed {
         } else {
             &[][..]
         };
+        // The origin is kept only while it differs from the key, and its
+        // length fits in four bytes (a Redis key is at most 512 MB).
+        let origin = Some(t.origin)
+            .filter(|o| !o.is_empty() && *o != t.key)
+            .and_then(|o| Some((u32::try_from(o.len()).ok()?.to_le_bytes(), o)));
         let mut text = Vec::with_capacity(
             4 + until.len()
+                + origin.map_or(0, |(_, o)| 4 + o.len())
                 + user_id.len()
                 + reason.len()
                 + provider_ref.len()
@@ -94,6 +123,10 @@ impl Packed {
         );
         text.extend_from_slice(&t.ttl_secs.to_le_bytes());
         text.extend_from_slice(until);
+        if let Some((len, o)) = origin {
+            text.extend_from_slice(&len);
+            text.extend_from_slice(o);
+        }
         for part in [user_id, reason, provider_ref, owner] {
             text.extend_from_slice(part.as_bytes());
         }
@@ -104,7 +137,7 @@ impl Packed {
             text: text.into_boxed_slice(),
             short_lens: [short(user_id), short(provider_ref), short(owner)],
             reason_len: u16::try_from(reason.len()).unwrap_or(u16::MAX),
-            held,
+            extra: if held { HELD } else { 0 } | if origin.is_some() { ORIGIN } else { 0 },
         }
     }
 }
@@ -178,7 +211,7 @@ impl Record {
             reason_len: 0,
             ref_len: 0,
             owner_len: 0,
-            held: false,
+            extra: 0,
             amount,
             currency,
             status: Status::Pending,
@@ -200,10 +233,17 @@ impl Record {
             rest = tail;
         }
         let mut lease_until = 0;
-        if self.held {
+        if self.extra & HELD != 0 {
             if let Some((bytes, tail)) = rest.split_first_chunk::<8>() {
                 lease_until = i64::from_le_bytes(*bytes);
                 rest = tail;
+            }
+        }
+        let mut origin: &[u8] = &[];
+        if self.extra & ORIGIN != 0 {
+            if let Some((bytes, tail)) = rest.split_first_chunk::<4>() {
+                let len = usize::try_from(u32::from_le_bytes(*bytes)).unwrap_or(usize::MAX);
+                (origin, rest) = tail.split_at(len.min(tail.len()));
             }
         }
         let user_id = cut(&mut rest, usize::from(self.user_id_len));
@@ -212,6 +252,7 @@ impl Record {
         let lease_owner = cut(&mut rest, usize::from(self.owner_len));
         Fields {
             key: rest,
+            origin,
             user_id,
             reason,
             provider_ref,
@@ -225,7 +266,7 @@ impl Record {
         self.text = p.text;
         [self.user_id_len, self.ref_len, self.owner_len] = p.short_lens;
         self.reason_len = p.reason_len;
-        self.held = p.held;
+        self.extra = p.extra;
     }
 
     /// The packing of `text`, if it differs from the record's.
@@ -238,12 +279,15 @@ impl Record {
         self.fields().key
     }
 
-    /// Follows the record to a new key (RENAME, COPY).
+    /// Follows the record to a new key (RENAME, COPY, MOVE). The payment
+    /// keeps the transaction id it was created with.
     pub fn set_key(&mut self, key: &[u8]) {
-        if self.key() != key {
+        let t = self.fields();
+        if t.key != key {
             self.install(Packed::new(Fields {
                 key,
-                ..self.fields()
+                origin: t.identity(),
+                ..t
             }));
         }
     }
@@ -434,7 +478,7 @@ impl Record {
         };
         let key = String::from_utf8_lossy(text.key);
         let json = Json {
-            transaction_id: &String::from_utf8_lossy(transaction_id(text.key, prefix)),
+            transaction_id: &String::from_utf8_lossy(transaction_id(text.identity(), prefix)),
             user_id,
             status: self.status.as_str(),
             amount: self.amount,
@@ -612,6 +656,33 @@ mod tests {
     }
 
     #[test]
+    fn a_payment_keeps_the_transaction_id_it_was_created_with_wherever_it_moves() {
+        let mut r = Record::new(b"payment:txn_1", "u", 1, *b"USD", 0, 60);
+        let bare = r.heap_size();
+        assert_eq!(r.fields().identity(), b"payment:txn_1");
+        r.set_key(b"payment:txn_1:held");
+        r.set_key(b"archive:\xff");
+        let t = r.fields();
+        assert_eq!(
+            (t.key, t.origin),
+            (&b"archive:\xff"[..], &b"payment:txn_1"[..])
+        );
+        assert_eq!(transaction_id(t.identity(), b"payment:"), b"txn_1");
+        // Back under its own name, the record costs what it did.
+        r.set_key(b"payment:txn_1");
+        assert_eq!((r.fields().origin, r.heap_size()), (&b""[..], bare));
+        let v: serde_json::Value = serde_json::from_str(&{
+            r.set_key(b"other");
+            r.to_json(b"payment:")
+        })
+        .unwrap();
+        assert_eq!(
+            (v["transaction_id"].as_str(), v["key"].as_str()),
+            (Some("txn_1"), Some("other"))
+        );
+    }
+
+    #[test]
     fn updated_at_never_goes_back_when_the_clock_does() {
         let mut r = pending();
         let upd = Update {
@@ -642,6 +713,7 @@ mod tests {
         r.apply(&upd, r.created_at).unwrap();
         let expect = Fields {
             key: b"renamed:\xff",
+            origin: b"txn_12345",
             user_id: "67890",
             reason: "timeout é",
             provider_ref: "ch_9",
@@ -651,7 +723,7 @@ mod tests {
         };
         assert_eq!(r.fields(), expect);
         assert_eq!(r.lease().map(|l| l.until), Some(7));
-        assert_eq!(r.heap_size(), 4 + 8 + 9 + 5 + 10 + 4 + 7);
+        assert_eq!(r.heap_size(), 4 + 8 + 4 + 9 + 5 + 10 + 4 + 7 + 9);
         r.set_lease(None);
         assert_eq!(r.lease(), None);
         assert_eq!(r.fields().key, b"renamed:\xff");

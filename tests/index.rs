@@ -191,7 +191,15 @@ fn rename_moves_the_index_entry_to_the_new_name() {
     assert_eq!(stuck_set(&mut c), set(&["q0", "p2"]));
     let r = check(&mut c, "p2").unwrap();
     assert_eq!(r["amount"], "101", "p2 now holds p1's payment");
-    // The renamed payment is still a payment under its new name.
+    // The renamed payment is still the same payment: the provider knows it by
+    // the transaction id it was created with (a new one would let a worker
+    // charge it again under another idempotency key).
+    let r = check(&mut c, "q0").unwrap();
+    assert_eq!(
+        (r["transaction_id"].as_str(), r["key"].as_str()),
+        ("p0", "q0")
+    );
+    assert_eq!(check(&mut c, "p2").unwrap()["transaction_id"], "p1");
     update(&mut c, "q0", "failed");
     assert_eq!(stuck_keys(&mut c), ["p2"]);
     assert_index_exact(&mut c, &[0]);
@@ -235,6 +243,12 @@ fn copy_indexes_the_copy_in_its_database() {
     select(&mut c, 2);
     assert_eq!(stuck_keys(&mut c), ["c1"]);
     select(&mut c, 0);
+    // The copy is the same payment to the provider, under its own key.
+    let copy = check(&mut c, "c0").unwrap();
+    assert_eq!(
+        (copy["transaction_id"].as_str(), copy["key"].as_str()),
+        ("p0", "c0")
+    );
     // The copy is independent of its source.
     update(&mut c, "c0", "succeeded");
     assert_eq!(check(&mut c, "p0").unwrap()["status"], "pending");
@@ -254,13 +268,14 @@ fn dump_and_restore_carry_records_and_index_them() {
         .arg(&payload)
         .query(&mut c)
         .unwrap();
+    // Restored under another name, it is the same payment (the same
+    // transaction id) under a new key.
     let mut restored = check(&mut c, "r0").unwrap();
-    assert_eq!(restored.remove("transaction_id").unwrap(), "r0");
     assert_eq!(restored.remove("key").unwrap(), "r0");
     let mut expected = original.clone();
-    expected.remove("transaction_id");
     expected.remove("key");
     assert_eq!(restored, expected);
+    assert_eq!(expected["transaction_id"], "p0");
     // RESTORE REPLACE over a resolved payment makes it pending again.
     let _: () = redis::cmd("RESTORE")
         .arg("pdone")

@@ -771,6 +771,56 @@ fn keys_with_a_prefix_reach_the_provider_as_their_transaction_id() {
     assert_eq!(created.len(), 2, "{created:?}");
 }
 
+/// An operator renames a pending payment the application already charged,
+/// and copies one nobody sent. Had the transaction id followed the key, the
+/// sidecar would have asked the provider about `txn_1:held`, heard
+/// "not_found" and charged again under a new idempotency key. The provider
+/// knows each payment by the id it was created with, and so does the record.
+#[test]
+fn a_renamed_or_copied_payment_is_still_its_first_transaction_at_the_provider() {
+    let s = Server::with(
+        Opts::sweeper(100, 20)
+            .module_arg("key-prefix")
+            .module_arg("payment:"),
+    );
+    let mut c = s.conn();
+    let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 17);
+    bank.know("txn_1", "succeeded", "ch_app");
+    cache(&mut c, "payment:txn_1", "u", 1000, "USD");
+    cache(&mut c, "payment:txn_2", "u", 2000, "USD");
+    let _: () = redis::cmd("RENAME")
+        .arg("payment:txn_1")
+        .arg("payment:txn_1:held")
+        .query(&mut c)
+        .unwrap();
+    let _: i64 = redis::cmd("COPY")
+        .arg("payment:txn_2")
+        .arg("payment:txn_2:copy")
+        .query(&mut c)
+        .unwrap();
+    let keys = ["payment:txn_1:held", "payment:txn_2", "payment:txn_2:copy"];
+    let sidecar = Sidecar::start(&s, &bank.url, None, &[]);
+    wait_for("every payment to succeed", 10, &sidecar, || {
+        keys.iter()
+            .all(|k| check(&mut c, k).unwrap()["status"] == "succeeded")
+    });
+    assert_eq!(
+        check(&mut c, "payment:txn_1:held").unwrap()["provider_ref"],
+        "ch_app"
+    );
+    let paths: BTreeSet<String> = bank.requests().into_iter().map(|r| r.path).collect();
+    assert!(
+        paths
+            .iter()
+            .all(|p| !p.contains(":held") && !p.contains(":copy")),
+        "{paths:?}"
+    );
+    let created = bank.creations();
+    assert_eq!(created.get("txn_1"), Some(&1), "{created:?}");
+    assert_eq!(created.get("txn_2"), Some(&1), "{created:?}");
+    assert_eq!(created.len(), 2, "{created:?}");
+}
+
 #[test]
 fn with_30_percent_of_provider_calls_failing_1000_payments_all_resolve_once() {
     const N: usize = 1000;

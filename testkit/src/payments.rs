@@ -47,7 +47,7 @@ pub fn update(c: &mut Connection, key: &str, status: &str) -> BTreeMap<String, S
 pub fn stuck_keys(c: &mut Connection) -> Vec<String> {
     stuck_records(c)
         .into_iter()
-        .map(|r| r["transaction_id"].clone())
+        .map(|r| r["key"].clone())
         .collect()
 }
 
