@@ -20,9 +20,11 @@
 //! - [`load`]: event-loop stalls under a mass sweep.
 //! - [`cluster`]: forming clusters and resharding by keys.
 //! - [`payload`]: DUMP/RESTORE payloads.
+//! - [`http`]: the small HTTP/1.1 server the stand-ins (and pay-chaos's) run.
 //! - [`standin`]: the provider ("bank") and Slack over real HTTP.
 
 pub mod cluster;
+pub mod http;
 pub mod invariants;
 pub mod load;
 pub mod payload;
