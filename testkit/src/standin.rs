@@ -105,6 +105,12 @@ impl Bank {
         bank
     }
 
+    /// Starts a bank that never fails on its own and answers at once:
+    /// outages, scripts and what it knows are the test's to set.
+    pub fn reliable() -> Bank {
+        Bank::start(0.0, Duration::ZERO, Duration::ZERO, 0)
+    }
+
     pub fn set_fail_rate(&self, rate: f64) {
         let ppm = (rate.clamp(0.0, 1.0) * 1_000_000.0) as u32;
         self.state.fail_ppm.store(ppm, Ordering::Relaxed);
