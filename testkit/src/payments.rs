@@ -43,6 +43,24 @@ pub fn update(c: &mut Connection, key: &str, status: &str) -> BTreeMap<String, S
     record(&v)
 }
 
+/// `PAY.UPDATE key status option value` (REASON, REF...): the record.
+pub fn update_with(
+    c: &mut Connection,
+    key: &str,
+    status: &str,
+    option: &str,
+    value: impl redis::ToRedisArgs,
+) -> BTreeMap<String, String> {
+    let v: Value = redis::cmd("PAY.UPDATE")
+        .arg(key)
+        .arg(status)
+        .arg(option)
+        .arg(value)
+        .query(c)
+        .expect("PAY.UPDATE");
+    record(&v)
+}
+
 /// The transaction ids PAY.STUCK lists (OLDER 0: every pending record).
 pub fn stuck_keys(c: &mut Connection) -> Vec<String> {
     stuck_records(c)
