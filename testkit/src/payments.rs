@@ -100,10 +100,19 @@ pub fn select(c: &mut Connection, db: i64) {
 
 /// Every key of the current database, by SCAN.
 pub fn all_keys(c: &mut Connection) -> BTreeSet<String> {
+    scan_keys(c)
+}
+
+/// Every key of the current database, by SCAN, as bytes.
+pub fn all_keys_bytes(c: &mut Connection) -> BTreeSet<Vec<u8>> {
+    scan_keys(c)
+}
+
+fn scan_keys<K: redis::FromRedisValue + Ord>(c: &mut Connection) -> BTreeSet<K> {
     let mut cursor = 0u64;
     let mut keys = BTreeSet::new();
     loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+        let (next, batch): (u64, Vec<K>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("COUNT")
             .arg(1000)
@@ -166,23 +175,4 @@ pub fn claim(
 /// PEXPIRETIME of a key (-1: none, -2: no key).
 pub fn pexpiretime(c: &mut Connection, key: &str) -> i64 {
     redis::cmd("PEXPIRETIME").arg(key).query(c).unwrap()
-}
-
-/// Every key of the current database, by SCAN, as bytes.
-pub fn all_keys_bytes(c: &mut Connection) -> BTreeSet<Vec<u8>> {
-    let mut cursor = 0u64;
-    let mut keys = BTreeSet::new();
-    loop {
-        let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(1000)
-            .query(c)
-            .unwrap();
-        keys.extend(batch);
-        if next == 0 {
-            return keys;
-        }
-        cursor = next;
-    }
 }
