@@ -181,23 +181,23 @@ fn replies_are_a_map_in_resp3_and_a_flat_array_in_resp2() {
     }
 }
 
+/// `PAY.CHECK key format` (JSON, in any case).
+fn check_as(c: &mut redis::Connection, key: &str, format: &str) -> Value {
+    redis::cmd("PAY.CHECK")
+        .arg(key)
+        .arg(format)
+        .query(c)
+        .unwrap()
+}
+
 #[test]
 fn check_returns_nil_for_an_absent_key_and_the_service_json_shape() {
     let s = Server::start();
     let mut c = s.conn();
     assert_eq!(check(&mut c, "nope"), None);
-    let nil: Value = redis::cmd("PAY.CHECK")
-        .arg("nope")
-        .arg("JSON")
-        .query(&mut c)
-        .unwrap();
-    assert_eq!(nil, Value::Nil);
+    assert_eq!(check_as(&mut c, "nope", "JSON"), Value::Nil);
     let r = cache(&mut c, "txn_12345", "67890", 1000, "USD");
-    let json: String = redis::cmd("PAY.CHECK")
-        .arg("txn_12345")
-        .arg("JSON")
-        .query(&mut c)
-        .unwrap();
+    let json = text(&check_as(&mut c, "txn_12345", "JSON"));
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["transaction_id"], "txn_12345");
     assert_eq!(v["user_id"], 67890);
@@ -211,11 +211,7 @@ fn check_returns_nil_for_an_absent_key_and_the_service_json_shape() {
     assert!(ts.ends_with('Z'));
     assert!(json.starts_with(r#"{"transaction_id":"txn_12345","user_id":67890,"status":"pending","amount":1000,"currency":"USD","timestamp":""#));
     cache(&mut c, "txn_2", "user-abc", 1, "USD");
-    let json: String = redis::cmd("PAY.CHECK")
-        .arg("txn_2")
-        .arg("json")
-        .query(&mut c)
-        .unwrap();
+    let json = text(&check_as(&mut c, "txn_2", "json"));
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["user_id"], "user-abc");
 }
@@ -226,28 +222,14 @@ fn update_follows_the_state_machine() {
     let mut c = s.conn();
     let created = cache(&mut c, "t", "u", 10, "USD");
     // pending -> pending records a transient error.
-    let v: Value = redis::cmd("PAY.UPDATE")
-        .arg("t")
-        .arg("pending")
-        .arg("REASON")
-        .arg("bank timeout")
-        .query(&mut c)
-        .unwrap();
-    let r = record(&v);
+    let r = update_with(&mut c, "t", "pending", "REASON", "bank timeout");
     assert_eq!(
         (r["status"].as_str(), r["reason"].as_str()),
         ("pending", "bank timeout")
     );
     assert!(r["updated_at"] >= created["updated_at"]);
     // pending -> succeeded with the provider's reference.
-    let v: Value = redis::cmd("PAY.UPDATE")
-        .arg("t")
-        .arg("SUCCEEDED")
-        .arg("REF")
-        .arg("ch_1")
-        .query(&mut c)
-        .unwrap();
-    let done = record(&v);
+    let done = update_with(&mut c, "t", "SUCCEEDED", "REF", "ch_1");
     assert_eq!(
         (done["status"].as_str(), done["provider_ref"].as_str()),
         ("succeeded", "ch_1")
@@ -265,14 +247,7 @@ fn update_follows_the_state_machine() {
     assert_eq!(digest(&mut c), d);
     // pending -> failed with a reason.
     cache(&mut c, "t2", "u", 10, "USD");
-    let v: Value = redis::cmd("PAY.UPDATE")
-        .arg("t2")
-        .arg("failed")
-        .arg("REASON")
-        .arg("card declined")
-        .query(&mut c)
-        .unwrap();
-    let r = record(&v);
+    let r = update_with(&mut c, "t2", "failed", "REASON", "card declined");
     assert_eq!(
         (r["status"].as_str(), r["reason"].as_str()),
         ("failed", "card declined")
@@ -334,16 +309,20 @@ fn stuck_lists_pending_oldest_first_with_older_and_count() {
 fn unresolved_records_never_expire_and_resolved_ones_live_their_ttl_from_then() {
     let s = Server::with(Opts::new().module_arg("default-ttl").module_arg("100"));
     let mut c = s.conn();
+    // PAY.CACHE of "explicit" with a TTL of its own (seconds).
+    let cache_explicit = |c: &mut redis::Connection, ttl: i64| {
+        let _: Value = redis::cmd("PAY.CACHE")
+            .arg("explicit")
+            .arg("u")
+            .arg(1)
+            .arg("USD")
+            .arg("TTL")
+            .arg(ttl)
+            .query(c)
+            .unwrap();
+    };
     cache(&mut c, "default", "u", 1, "USD");
-    let _: Value = redis::cmd("PAY.CACHE")
-        .arg("explicit")
-        .arg("u")
-        .arg(1)
-        .arg("USD")
-        .arg("TTL")
-        .arg(1)
-        .query(&mut c)
-        .unwrap();
+    cache_explicit(&mut c, 1);
     cache(&mut c, "unknown", "u", 1, "USD");
     // Pending: no expiry at all, whatever TTL was chosen.
     assert_eq!(pexpiretime(&mut c, "default"), -1);
@@ -361,15 +340,7 @@ fn unresolved_records_never_expire_and_resolved_ones_live_their_ttl_from_then() 
     let resolved: i64 = r["updated_at"].parse().unwrap();
     assert_eq!(pexpiretime(&mut c, "default"), resolved + 100_000);
     // A duplicate PAY.CACHE with another TTL changes nothing.
-    let _: Value = redis::cmd("PAY.CACHE")
-        .arg("explicit")
-        .arg("u")
-        .arg(1)
-        .arg("USD")
-        .arg("TTL")
-        .arg(500)
-        .query(&mut c)
-        .unwrap();
+    cache_explicit(&mut c, 500);
     assert_eq!(pexpiretime(&mut c, "explicit"), -1);
     let r = update(&mut c, "explicit", "failed");
     let resolved: i64 = r["updated_at"].parse().unwrap();

@@ -14,15 +14,6 @@ use testkit::*;
 
 const DBS: [i64; 3] = [0, 1, 3];
 
-fn config_set(c: &mut Connection, name: &str, value: &str) {
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg(name)
-        .arg(value)
-        .query(c)
-        .unwrap();
-}
-
 /// A primary that streams its RDB to replicas (diskless sync) at once.
 fn primary() -> Server {
     Server::with(
@@ -78,18 +69,16 @@ fn payments(c: &mut Connection, tag: &str, n: usize) {
                 .ignore();
         }
         let _: () = pipe.query(c).unwrap();
-        let _: Value = redis::cmd("PAY.CLAIM")
-            .arg("w1")
-            .arg("LEASE")
-            .arg(600_000)
-            .arg("OLDER")
-            .arg(0)
-            .arg("COUNT")
-            .arg(n / 10 + 1)
-            .query(c)
-            .unwrap();
+        claim(c, "w1", n / 10 + 1, 600_000);
     }
     select(c, 0);
+}
+
+/// A primary and a replica-to-be in `mode`, and a connection to each.
+fn pair(mode: &str) -> (Server, Server, Connection, Connection) {
+    let (p, r) = (primary(), replica(mode));
+    let (pc, rc) = (p.conn(), r.conn());
+    (p, r, pc, rc)
 }
 
 fn replicaof(r: &mut Connection, p: &Server) {
@@ -105,6 +94,27 @@ fn assert_replica_exact(p: &mut Connection, r: &mut Connection) {
     wait_replicas(p, 1);
     assert_same_bytes(&raw_snapshot(p, &DBS), &raw_snapshot(r, &DBS), "replica");
     assert_index_exact(r, &DBS);
+}
+
+/// The replica syncs from the primary, loading `how` ("to disk" or "to
+/// parser"), and then holds the primary's bytes and an exact index.
+fn sync_and_check(p: &Server, r: &Server, pc: &mut Connection, rc: &mut Connection, how: &str) {
+    replicaof(rc, p);
+    wait_link_up(rc);
+    assert_loaded(r, how, 1);
+    assert_replica_exact(pc, rc);
+}
+
+/// Drops the primary's replica links, ending a load half-way; the next
+/// sync waits a minute (for more replicas): time to look.
+fn abort_sync(pc: &mut Connection) {
+    config_set(pc, "repl-diskless-sync-delay", "60");
+    let _: Value = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .query(pc)
+        .unwrap();
 }
 
 fn persistence(c: &mut Connection, field: &str) -> String {
@@ -134,40 +144,25 @@ fn assert_loaded(r: &Server, how: &str, times: usize) {
 
 #[test]
 fn disk_load_replaces_the_replicas_data_set() {
-    let p = primary();
-    let r = replica("disabled");
-    let (mut pc, mut rc) = (p.conn(), r.conn());
+    let (p, r, mut pc, mut rc) = pair("disabled");
     payments(&mut pc, "p", 300);
     payments(&mut rc, "r", 90);
-    replicaof(&mut rc, &p);
-    wait_link_up(&mut rc);
-    assert_loaded(&r, "to disk", 1);
-    assert_replica_exact(&mut pc, &mut rc);
+    sync_and_check(&p, &r, &mut pc, &mut rc, "to disk");
 }
 
 #[test]
 fn diskless_load_into_an_empty_replica() {
-    let p = primary();
-    let r = replica("on-empty-db");
-    let (mut pc, mut rc) = (p.conn(), r.conn());
+    let (p, r, mut pc, mut rc) = pair("on-empty-db");
     payments(&mut pc, "p", 300);
-    replicaof(&mut rc, &p);
-    wait_link_up(&mut rc);
-    assert_loaded(&r, "to parser", 1);
-    assert_replica_exact(&mut pc, &mut rc);
+    sync_and_check(&p, &r, &mut pc, &mut rc, "to parser");
 }
 
 #[test]
 fn swapdb_load_from_a_new_primary_replaces_the_data_set() {
-    let p = primary();
-    let r = replica("swapdb");
-    let (mut pc, mut rc) = (p.conn(), r.conn());
+    let (p, r, mut pc, mut rc) = pair("swapdb");
     payments(&mut pc, "p", 300);
     payments(&mut rc, "r", 90);
-    replicaof(&mut rc, &p);
-    wait_link_up(&mut rc);
-    assert_loaded(&r, "to parser", 1);
-    assert_replica_exact(&mut pc, &mut rc);
+    sync_and_check(&p, &r, &mut pc, &mut rc, "to parser");
     // The old data set, freed in the background, leaves nothing behind.
     std::thread::sleep(Duration::from_millis(200));
     assert_index_exact(&mut rc, &DBS);
@@ -178,9 +173,7 @@ fn swapdb_load_from_a_new_primary_replaces_the_data_set() {
 /// is back, byte for byte, with its index.
 #[test]
 fn failed_swapdb_load_from_a_new_primary_gives_back_the_old_data_set() {
-    let p = primary();
-    let r = replica("swapdb");
-    let (mut pc, mut rc) = (p.conn(), r.conn());
+    let (p, r, mut pc, mut rc) = pair("swapdb");
     payments(&mut pc, "p", 600);
     payments(&mut rc, "r", 90);
     let old = raw_snapshot(&mut rc, &DBS);
@@ -195,14 +188,7 @@ fn failed_swapdb_load_from_a_new_primary_gives_back_the_old_data_set() {
         "the replica did not start loading"
     );
     std::thread::sleep(Duration::from_millis(300));
-    // The next sync waits a minute (for more replicas): time to look.
-    config_set(&mut pc, "repl-diskless-sync-delay", "60");
-    let _: Value = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("replica")
-        .query(&mut pc)
-        .unwrap();
+    abort_sync(&mut pc);
     assert!(
         wait_until(Duration::from_secs(20), || {
             let loading: redis::RedisResult<String> =
@@ -235,9 +221,7 @@ fn counts(c: &mut Connection) -> [i64; 4] {
 /// the new one replaces it.
 #[test]
 fn async_swapdb_load_serves_the_old_data_set_until_swapped_in() {
-    let p = primary();
-    let r = replica("swapdb");
-    let (mut pc, mut rc) = (p.conn(), r.conn());
+    let (p, r, mut pc, mut rc) = pair("swapdb");
     replicaof(&mut rc, &p);
     wait_link_up(&mut rc);
     // What both hold, then what only the replica holds. The primary's
@@ -350,14 +334,8 @@ fn async_swapdb_load_serves_the_old_data_set_until_swapped_in() {
             "PAY.STUCK in db {db} during the load lists {extra:?}... and misses {missing:?}..."
         );
     }
-    // Abort it; the next sync waits a minute (for more replicas).
-    config_set(&mut pc, "repl-diskless-sync-delay", "60");
-    let _: Value = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("replica")
-        .query(&mut pc)
-        .unwrap();
+    // Abort it.
+    abort_sync(&mut pc);
     assert!(
         wait_until(Duration::from_secs(20), || {
             persistence(&mut watcher, "async_loading") == "0"

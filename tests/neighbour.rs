@@ -89,15 +89,8 @@ fn pay_update_replies_with_the_record_though_a_neighbour_takes_the_key() {
         let key = format!("update:{action}");
         cache(&mut c, &key, "user-8", 500, "EUR");
         neighbour(&mut c, "pay.update", action);
-        let v: Value = redis::cmd("PAY.UPDATE")
-            .arg(&key)
-            .arg("succeeded")
-            .arg("REF")
-            .arg("ch_neighbour")
-            .query(&mut c)
-            .unwrap();
+        let r = update_with(&mut c, &key, "succeeded", "REF", "ch_neighbour");
         neighbour(&mut c, "*", "none");
-        let r = record(&v);
         assert_eq!(r["transaction_id"], key);
         assert_eq!(r["status"], "succeeded");
         assert_eq!(r["provider_ref"], "ch_neighbour");
@@ -116,22 +109,10 @@ fn a_claim_replies_with_every_record_though_a_neighbour_takes_the_keys() {
             cache(&mut c, &format!("claim:{action}:{i}"), "u", i, "USD");
         }
         neighbour(&mut c, "pay.claim", action);
-        let v: Value = redis::cmd("PAY.CLAIM")
-            .arg("worker-1")
-            .arg("LEASE")
-            .arg(60_000)
-            .arg("OLDER")
-            .arg(0)
-            .arg("COUNT")
-            .arg(100)
-            .query(&mut c)
-            .unwrap();
+        let records = claim(&mut c, "worker-1", 100, 60_000);
         neighbour(&mut c, "*", "none");
-        let Value::Array(records) = v else {
-            panic!("claim reply: {v:?}");
-        };
         assert_eq!(records.len(), 5, "{records:?}");
-        for r in records.iter().map(record) {
+        for r in records {
             assert!(r["transaction_id"].starts_with(&format!("claim:{action}:")));
             assert_eq!(r["lease_owner"], "worker-1");
             assert_eq!(r["attempts"], "1");
@@ -152,23 +133,13 @@ fn the_sweeper_carries_on_though_a_neighbour_takes_what_it_flags() {
         }
         total += 20;
         neighbour(&mut c, "pay.stale", action);
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("pay.stale-after-ms")
-            .arg(1)
-            .query(&mut c)
-            .unwrap();
+        config_set(&mut c, "pay.stale-after-ms", 1);
         assert!(
             wait_until(Duration::from_secs(30), || taken(&mut c) >= total),
             "the sweeper flagged {} of {total}",
             taken(&mut c)
         );
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("pay.stale-after-ms")
-            .arg(600_000)
-            .query(&mut c)
-            .unwrap();
+        config_set(&mut c, "pay.stale-after-ms", 600_000);
         neighbour(&mut c, "*", "none");
         for i in 0..20 {
             assert_taken(&mut c, &format!("sweep:{action}:{i}"), action);
@@ -194,16 +165,7 @@ fn a_replica_applies_pay_load_though_a_neighbour_takes_the_key() {
                 update(&mut pc, &key, "failed");
             }
         }
-        let _: Value = redis::cmd("PAY.CLAIM")
-            .arg("w")
-            .arg("LEASE")
-            .arg(60_000)
-            .arg("OLDER")
-            .arg(0)
-            .arg("COUNT")
-            .arg(100)
-            .query(&mut pc)
-            .unwrap();
+        claim(&mut pc, "w", 100, 60_000);
         wait_replicas(&mut pc, 1);
         neighbour(&mut rc, "*", "none");
         for i in 0..5 {

@@ -12,7 +12,6 @@ mod checker;
 mod clients;
 mod clock;
 mod history;
-mod http;
 mod nemesis;
 mod procs;
 mod provider;

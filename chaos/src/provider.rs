@@ -27,9 +27,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use testkit::http::{self, HttpRequest, HttpResponse};
 
 use crate::clock;
-use crate::http::{self, Reply, Request};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -146,7 +146,7 @@ impl Provider {
             counts: Mutex::new(BTreeMap::new()),
         });
         let s = state.clone();
-        let addr = http::serve(Arc::new(move |rq| handle(&s, rq)))?;
+        let addr = http::serve(move |rq| handle(&s, rq))?;
         Ok(Provider {
             url: format!("http://{addr}"),
             state,
@@ -188,20 +188,21 @@ fn json(v: serde_json::Value) -> String {
     v.to_string()
 }
 
-fn handle(state: &State, rq: &Request) -> Reply {
+/// The answer, or None: the connection closes unanswered.
+fn handle(state: &State, rq: &HttpRequest) -> Option<HttpResponse> {
     let path = rq.path.trim_start_matches('/');
     let (prefix, rest) = path.split_once('/').unwrap_or((path, ""));
     let caller = match prefix {
         "app" => 0,
         "sc1" => 1,
         "sc2" => 2,
-        _ => return not_found_page(),
+        _ => return Some(HttpResponse::not_found_page()),
     };
     let id = rest.strip_prefix("payments/").filter(|id| !id.is_empty());
     let route = match (rq.method.as_str(), rest, id) {
         ("POST", "payments", _) => None,
         ("GET", _, Some(id)) if !id.contains('/') => Some(id.to_string()),
-        _ => return not_found_page(),
+        _ => return Some(HttpResponse::not_found_page()),
     };
     let call = if route.is_some() { "GET" } else { "POST" };
     count(state, format!("{call} by {}", CALLERS[caller]));
@@ -226,11 +227,14 @@ fn handle(state: &State, rq: &Request) -> Reply {
     };
     if active(Fault::Outage) {
         count(state, "fault: connection closed (outage)".into());
-        return Reply::Close;
+        return None;
     }
     if active(Fault::Errors) || roll_errors {
         count(state, "fault: 503".into());
-        return Reply::Json(503, json(serde_json::json!({"message": "try again"})));
+        return Some(HttpResponse::new(
+            503,
+            json(serde_json::json!({"message": "try again"})),
+        ));
     }
     let slow = (active(Fault::Slow) || roll_slow).then_some(Duration::from_millis(slow_ms));
     if slow.is_some() {
@@ -250,17 +254,9 @@ fn handle(state: &State, rq: &Request) -> Reply {
             state,
             format!("fault: {call} reply dropped after processing"),
         );
-        return Reply::Close;
+        return None;
     }
-    Reply::Json(code, body)
-}
-
-fn not_found_page() -> Reply {
-    Reply::Page(
-        404,
-        "<html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>"
-            .into(),
-    )
+    Some(HttpResponse::new(code, body))
 }
 
 fn get(state: &State, raw_id: &str) -> (u16, String) {
@@ -280,7 +276,7 @@ fn get(state: &State, raw_id: &str) -> (u16, String) {
 
 fn post(
     state: &State,
-    rq: &Request,
+    rq: &HttpRequest,
     caller: &str,
     slow: Option<Duration>,
     decline_window: bool,

@@ -5,9 +5,9 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
+use testkit::http::{self, HttpResponse};
 
 use crate::clock;
-use crate::http::{self, Reply};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Message {
@@ -28,9 +28,9 @@ impl Slack {
     pub fn start() -> std::io::Result<Slack> {
         let messages: Arc<Mutex<Vec<Message>>> = Arc::default();
         let m = messages.clone();
-        let addr = http::serve(Arc::new(move |rq| {
+        let addr = http::serve(move |rq| {
             if rq.method != "POST" {
-                return Reply::Json(405, "{}".into());
+                return Some(HttpResponse::new(405, "{}"));
             }
             let text = serde_json::from_slice::<serde_json::Value>(&rq.body)
                 .ok()
@@ -40,8 +40,8 @@ impl Slack {
                 at_ms: clock::ms(),
                 text,
             });
-            Reply::Json(200, "\"ok\"".into())
-        }))?;
+            Some(HttpResponse::new(200, "\"ok\""))
+        })?;
         Ok(Slack {
             url: format!("http://{addr}/services/T000/B000/CHAOS"),
             messages,

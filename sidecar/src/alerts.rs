@@ -636,62 +636,27 @@ pub fn sleep_unless(shutdown: &AtomicBool, d: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A connection that answers from a list and keeps what it was sent.
-    struct Replies {
-        replies: Vec<&'static [u8]>,
-        sent: Vec<String>,
-    }
-
-    impl ConnectionLike for Replies {
-        fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<redis::Value> {
-            let text = String::from_utf8_lossy(cmd);
-            let args: Vec<&str> = text
-                .split("\r\n")
-                .filter(|l| !l.is_empty() && !l.starts_with('*') && !l.starts_with('$'))
-                .collect();
-            self.sent.push(args[..args.len().min(4)].join(" "));
-            redis::parse_redis_value(self.replies.remove(0))?.extract_error()
-        }
-        fn req_packed_commands(
-            &mut self,
-            _: &[u8],
-            _: usize,
-            _: usize,
-        ) -> redis::RedisResult<Vec<redis::Value>> {
-            unreachable!("no pipelines")
-        }
-        fn get_db(&self) -> i64 {
-            0
-        }
-        fn check_connection(&mut self) -> bool {
-            true
-        }
-        fn is_open(&self) -> bool {
-            true
-        }
-    }
+    use crate::testing::FakeConnection;
 
     #[test]
     fn a_script_the_server_lacks_is_sent_whole_never_loaded_on_every_primary() {
         let hash = redis::Script::new(LOCK_SCRIPT).get_hash().to_string();
-        let mut c = Replies {
-            replies: vec![b"-NOSCRIPT No matching script.\r\n", b":1\r\n"],
-            sent: Vec::new(),
-        };
+        let mut c = FakeConnection::new(&[b"-NOSCRIPT No matching script.\r\n", b":1\r\n"]);
         let held: i64 = invoke(LOCK_SCRIPT, &[LOCK], &[a("me"), a(30_000)], &mut c).unwrap();
         assert_eq!(held, 1);
-        assert_eq!(c.sent.len(), 2, "{:?}", c.sent);
-        assert_eq!(c.sent[0], format!("EVALSHA {hash} 1 {LOCK}"));
-        assert!(c.sent[1].starts_with("EVAL \nlocal holder"), "{:?}", c.sent);
-        assert!(c.sent[1].ends_with(&format!("1 {LOCK}")), "{:?}", c.sent);
+        let rest = ["1", LOCK, "me", "30000"];
+        assert_eq!(
+            c.sent,
+            [
+                [&["EVALSHA", hash.as_str()][..], &rest].concat(),
+                [&["EVAL", LOCK_SCRIPT][..], &rest].concat(),
+            ]
+        );
         // Known: one EVALSHA, nothing else.
-        let mut c = Replies {
-            replies: vec![b":0\r\n"],
-            sent: Vec::new(),
-        };
+        let mut c = FakeConnection::new(&[b":0\r\n"]);
         let held: i64 = invoke(LOCK_SCRIPT, &[LOCK], &[a("me"), a(30_000)], &mut c).unwrap();
         assert_eq!((held, c.sent.len()), (0, 1));
+        assert_eq!(c.sent[0][0], "EVALSHA");
     }
 
     #[test]

@@ -8,6 +8,8 @@ pub mod metrics;
 pub mod options;
 pub mod provider;
 pub mod store;
+#[cfg(test)]
+mod testing;
 pub mod worker;
 
 pub use daemon::run;

@@ -228,44 +228,24 @@ pub fn apply(
     r: &Record,
     d: &Decision,
 ) -> redis::RedisResult<Written> {
-    let fence = Some(r.attempts);
-    let (status, change) = match d {
-        Decision::Succeeded { reference } => (
-            Status::Succeeded,
-            Change {
-                reference: Some(reference),
-                fence,
-                ..Change::default()
-            },
-        ),
-        Decision::Failed { reason, reference } => (
-            Status::Failed,
-            Change {
-                reason: Some(reason),
-                reference: Some(reference),
-                fence,
-                ..Change::default()
-            },
-        ),
-        Decision::Retry { reason, after, .. } => (
-            Status::Pending,
-            Change {
-                reason: Some(reason),
-                retry: Some(*after),
-                fence,
-                ..Change::default()
-            },
-        ),
-        Decision::Unknown { reason, after, .. } => (
-            Status::Unknown,
-            Change {
-                reason: Some(reason),
-                retry: Some(*after),
-                fence,
-                ..Change::default()
-            },
-        ),
+    let (status, reason, reference, retry) = match d {
+        Decision::Succeeded { reference } => (Status::Succeeded, None, Some(reference), None),
+        Decision::Failed { reason, reference } => {
+            (Status::Failed, Some(reason), Some(reference), None)
+        }
+        Decision::Retry { reason, after, .. } => {
+            (Status::Pending, Some(reason), None, Some(*after))
+        }
+        Decision::Unknown { reason, after, .. } => {
+            (Status::Unknown, Some(reason), None, Some(*after))
+        }
         Decision::Abandon => return Ok(Written::Nothing),
+    };
+    let change = Change {
+        reason: reason.map(String::as_str),
+        reference: reference.map(String::as_str),
+        retry,
+        fence: Some(r.attempts),
     };
     match store::update(c, &r.key, status, &change) {
         Ok(_) => Ok(Written::Applied),
@@ -450,6 +430,7 @@ fn log_decision(r: &Record, d: &Decision) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::FakeConnection;
     use std::sync::Mutex;
 
     /// A provider that answers from a script and records what it was asked.
@@ -702,53 +683,13 @@ mod tests {
         assert_eq!(d.outcome(), "failed");
     }
 
-    /// A Redis connection that answers every command with one raw reply and
-    /// keeps the commands it was sent.
-    struct Fake {
-        reply: &'static [u8],
-        sent: Vec<String>,
-    }
-
-    impl redis::ConnectionLike for Fake {
-        fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<redis::Value> {
-            // The RESP array's bulk strings, one per argument.
-            let text = String::from_utf8_lossy(cmd);
-            let args: Vec<&str> = text
-                .split("\r\n")
-                .filter(|l| !l.is_empty() && !l.starts_with('*') && !l.starts_with('$'))
-                .collect();
-            self.sent.push(args.join(" "));
-            redis::parse_redis_value(self.reply)?.extract_error()
-        }
-        fn req_packed_commands(
-            &mut self,
-            _: &[u8],
-            _: usize,
-            _: usize,
-        ) -> redis::RedisResult<Vec<redis::Value>> {
-            unreachable!("no pipelines")
-        }
-        fn get_db(&self) -> i64 {
-            0
-        }
-        fn check_connection(&mut self) -> bool {
-            true
-        }
-        fn is_open(&self) -> bool {
-            true
-        }
-    }
-
     const RECORD: &[u8] =
         b"*4\r\n$14\r\ntransaction_id\r\n$1\r\nt\r\n$3\r\nkey\r\n$9\r\npayment:t\r\n";
 
     fn write(reply: &'static [u8], d: &Decision) -> (redis::RedisResult<Written>, String) {
-        let mut c = Fake {
-            reply,
-            sent: Vec::new(),
-        };
+        let mut c = FakeConnection::new(&[reply]);
         let w = apply(&mut c, &record("pending", 2), d);
-        (w, c.sent.join("; "))
+        (w, c.sent_lines().join("; "))
     }
 
     #[test]

@@ -11,40 +11,16 @@ use std::time::Duration;
 use testkit::standin::Bank;
 use testkit::*;
 
-fn cluster_node() -> Server {
-    Server::with(
-        Opts::sweeper(100, 20)
-            .config("cluster-enabled", "yes")
-            .config("cluster-config-file", "nodes.conf")
-            .config("cluster-node-timeout", "5000"),
-    )
-}
-
 #[test]
 fn one_sidecar_finishes_stale_payments_on_every_primary() {
-    let nodes: Vec<Server> = (0..3).map(|_| cluster_node()).collect();
+    let nodes: Vec<Server> = (0..3)
+        .map(|_| cluster_node(Opts::sweeper(100, 20), 5000))
+        .collect();
+    create_cluster(&nodes, 0);
     let addrs: Vec<String> = nodes
         .iter()
         .map(|n| format!("127.0.0.1:{}", n.port))
         .collect();
-    let status = Command::new("redis-cli")
-        .args(["--cluster", "create"])
-        .args(&addrs)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
-        .stdout(Stdio::null())
-        .status()
-        .expect("redis-cli");
-    assert!(status.success(), "redis-cli --cluster create failed");
-    for n in &nodes {
-        let mut c = n.conn();
-        assert!(
-            wait_until(Duration::from_secs(20), || {
-                let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut c).unwrap();
-                info.contains("cluster_state:ok")
-            }),
-            "cluster did not come up"
-        );
-    }
 
     // A cluster-aware client routes PAY.CACHE by its key.
     let client = redis::cluster::ClusterClientBuilder::new(vec![format!("redis://{}/", addrs[0])])
@@ -72,10 +48,6 @@ fn one_sidecar_finishes_stale_payments_on_every_primary() {
 
     // Reshard: move 2000 slots, with their payments, from the first primary
     // to the second. Every record and both indexes stay exact.
-    let id = |n: &Server| -> String {
-        let mut c = n.conn();
-        redis::cmd("CLUSTER").arg("MYID").query(&mut c).unwrap()
-    };
     let before: Vec<usize> = nodes
         .iter()
         .map(|n| redis::cmd("DBSIZE").query(&mut n.conn()).unwrap())
@@ -84,9 +56,9 @@ fn one_sidecar_finishes_stale_payments_on_every_primary() {
         .args(["--cluster", "reshard", &addrs[0]])
         .args([
             "--cluster-from",
-            &id(&nodes[0]),
+            &node_id(&nodes[0]),
             "--cluster-to",
-            &id(&nodes[1]),
+            &node_id(&nodes[1]),
         ])
         .args(["--cluster-slots", "2000", "--cluster-yes"])
         .stdout(Stdio::null())
@@ -114,25 +86,17 @@ fn one_sidecar_finishes_stale_payments_on_every_primary() {
         assert_eq!(cache_outcome(&mut cc, k), "duplicate", "{k}");
     }
 
-    let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 9);
-    let mut sidecar = Command::new(env!("CARGO_BIN_EXE_pay-sidecar"))
-        .arg("--redis-url")
-        .arg(format!("redis://{}/", addrs[1]))
-        .arg("--bank-url")
-        .arg(&bank.url)
-        .args(["--interval", "200ms", "--lease", "3s", "--timeout", "1s"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let done = wait_until(Duration::from_secs(60), || {
+    let bank = Bank::reliable();
+    let url = format!("redis://{}/", addrs[1]);
+    let mut args = sidecar_args(&url, &bank.url, None);
+    args.extend(["--interval", "200ms", "--lease", "3s", "--timeout", "1s"]);
+    let sidecar = Sidecar::launch(env!("CARGO_BIN_EXE_pay-sidecar"), &args);
+    sidecar.wait_for("no stale payment left on any primary", 60, || {
         nodes
             .iter()
             .all(|n| info_field(&mut n.conn(), "records_pending") == 0)
     });
-    let _ = sidecar.kill();
-    let _ = sidecar.wait();
-    assert!(done, "stale payments left on some primary");
+    drop(sidecar);
     let created = bank.creations();
     assert_eq!(created.len(), keys.len());
     assert!(created.values().all(|&n| n == 1));

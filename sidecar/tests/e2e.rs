@@ -3,105 +3,26 @@
 //! `pay_sidecar::run`), and HTTP stand-ins for the provider and Slack on
 //! 127.0.0.1.
 
-mod deploy;
-
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
-use deploy::SIDECAR_ACL;
 use pay_sidecar::options::Options;
 use redis::Connection;
 use testkit::standin::{Bank, Scripted, Slack};
 use testkit::*;
 
-/// A running pay-sidecar, killed on drop.
-struct Sidecar {
-    child: Child,
-    _log: tempfile::NamedTempFile,
-}
+const PAY_SIDECAR: &str = env!("CARGO_BIN_EXE_pay-sidecar");
 
-/// The options every test sidecar gets unless it names them itself.
-const DEFAULTS: &[(&str, &str)] = &[
-    ("--interval", "200ms"),
-    ("--lease", "3s"),
-    ("--timeout", "1s"),
-    ("--connect-timeout", "500ms"),
-    ("--alert-after", "1h"),
-    ("--retry-schedule", "500ms"),
-];
-
-impl Sidecar {
-    /// Starts with short test defaults; `extra` options override them.
-    fn start(redis: &Server, bank: &str, slack: Option<&str>, extra: &[&str]) -> Sidecar {
-        let mut args: Vec<String> = Vec::new();
-        for (name, value) in DEFAULTS {
-            if !extra.contains(name) {
-                args.extend([name.to_string(), value.to_string()]);
-            }
-        }
-        args.extend(extra.iter().map(|a| a.to_string()));
-        Sidecar::launch(
-            &format!("redis://127.0.0.1:{}/", redis.port),
-            bank,
-            slack,
-            &args,
-        )
-    }
-
-    /// Starts with exactly these options.
-    fn launch(redis_url: &str, bank: &str, slack: Option<&str>, args: &[String]) -> Sidecar {
-        let log = tempfile::NamedTempFile::new().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pay-sidecar"));
-        cmd.arg("--redis-url")
-            .arg(redis_url)
-            .arg("--bank-url")
-            .arg(bank)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.reopen().unwrap())
-            .stderr(log.reopen().unwrap());
-        if let Some(url) = slack {
-            cmd.arg("--slack-webhook-url").arg(url);
-        }
-        let mut child = cmd.spawn().expect("spawn pay-sidecar");
-        std::thread::sleep(Duration::from_millis(100));
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "pay-sidecar exited at once ({status}):\n{}",
-                std::fs::read_to_string(log.path()).unwrap_or_default()
-            );
-        }
-        Sidecar { child, _log: log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self._log.path()).unwrap_or_default()
-    }
-
-    fn signal(&self, name: &str) {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args([&format!("-{name}"), &pid])
-            .status()
-            .unwrap()
-            .success());
-    }
-
-    fn kill(&mut self) {
-        // A stopped process is killed as well (SIGKILL needs no SIGCONT).
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// pay-sidecar for `redis`, the provider at `bank` and Slack at `slack`,
+/// with the short test defaults; `extra` options override them.
+fn start_sidecar(redis: &Server, bank: &str, slack: Option<&str>, extra: &[&str]) -> Sidecar {
+    let url = format!("redis://127.0.0.1:{}/", redis.port);
+    let mut args = sidecar_args(&url, bank, slack);
+    args.extend(extra);
+    Sidecar::start(PAY_SIDECAR, &args)
 }
 
 /// Payments go stale 100 ms after creation; the sweeper looks every 20 ms.
@@ -111,14 +32,6 @@ fn redis() -> Server {
 
 fn pending_count(c: &mut Connection) -> i64 {
     info_field(c, "records_pending")
-}
-
-fn wait_for<F: FnMut() -> bool>(what: &str, secs: u64, sidecar: &Sidecar, f: F) {
-    assert!(
-        wait_until(Duration::from_secs(secs), f),
-        "timed out waiting for {what}; sidecar log:\n{}",
-        sidecar.log()
-    );
 }
 
 /// Every status one payment has been seen in, polled every 10 ms on its own
@@ -191,7 +104,7 @@ fn messages_with(slack: &Slack, text: &str) -> Vec<String> {
 fn each_provider_answer_ends_in_the_right_status_and_reason() {
     let s = redis();
     let mut c = s.conn();
-    let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 1);
+    let bank = Bank::reliable();
     let cases: &[(&str, i64, &str, &str)] = &[
         // (transaction, amount, status after one attempt, reason or reference must contain)
         ("known-ok", 1000, "succeeded", "ch_known"),
@@ -232,7 +145,7 @@ fn each_provider_answer_ends_in_the_right_status_and_reason() {
     for (txn, amount, _, _) in cases {
         cache(&mut c, txn, "67890", *amount, "USD");
     }
-    let sidecar = Sidecar::start(
+    let sidecar = start_sidecar(
         &s,
         &bank.url,
         None,
@@ -246,7 +159,7 @@ fn each_provider_answer_ends_in_the_right_status_and_reason() {
         ],
     );
     for (txn, _, status, detail) in cases {
-        wait_for(&format!("{txn} to be handled"), 15, &sidecar, || {
+        sidecar.wait_for(&format!("{txn} to be handled"), 15, || {
             let r = check(&mut c, txn).unwrap();
             r["status"] == *status
                 && (r["reason"].contains(detail) || r["provider_ref"].contains(detail))
@@ -294,8 +207,8 @@ fn an_unreachable_provider_is_a_transient_error() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", l.local_addr().unwrap())
     };
-    let sidecar = Sidecar::start(&s, &closed, None, &[]);
-    wait_for("a transient reason", 10, &sidecar, || {
+    let sidecar = start_sidecar(&s, &closed, None, &[]);
+    sidecar.wait_for("a transient reason", 10, || {
         let r = check(&mut c, "t").unwrap();
         r["status"] == "pending" && r["reason"].contains("unreachable")
     });
@@ -313,13 +226,15 @@ fn a_payment_the_provider_keeps_processing_becomes_unknown_alerted_and_resolves_
             .module_arg("300"),
     );
     let mut c = s.conn();
-    let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 11);
+    let bank = Bank::reliable();
     let slack = Slack::start(false);
     cache(&mut c, "slow-1", "u", 2500, "EUR");
     bank.know("slow-1", "pending", "ch_slow");
     let statuses = Statuses::watch(&s, "slow-1");
     // No --alert-after: the module's value is the default.
-    let args: Vec<String> = [
+    let url = format!("redis://127.0.0.1:{}/", s.port);
+    let mut args = sidecar_args(&url, &bank.url, Some(&slack.url));
+    args.extend([
         "--interval",
         "200ms",
         "--lease",
@@ -334,16 +249,9 @@ fn a_payment_the_provider_keeps_processing_becomes_unknown_alerted_and_resolves_
         "1s",
         "--alert-repeat",
         "1s",
-    ]
-    .map(String::from)
-    .to_vec();
-    let sidecar = Sidecar::launch(
-        &format!("redis://127.0.0.1:{}/", s.port),
-        &bank.url,
-        Some(&slack.url),
-        &args,
-    );
-    wait_for("the payment to become unknown", 15, &sidecar, || {
+    ]);
+    let sidecar = Sidecar::launch(PAY_SIDECAR, &args);
+    sidecar.wait_for("the payment to become unknown", 15, || {
         check(&mut c, "slow-1").unwrap()["status"] == "unknown"
     });
     let r = check(&mut c, "slow-1").unwrap();
@@ -360,28 +268,26 @@ fn a_payment_the_provider_keeps_processing_becomes_unknown_alerted_and_resolves_
         sidecar.log()
     );
     let alert = "outcome unknown after";
-    wait_for("the unknown alert", 10, &sidecar, || {
+    sidecar.wait_for("the unknown alert", 10, || {
         messages_with(&slack, alert).iter().any(|m| {
             m.contains("`slow-1` 25.00 EUR")
                 && m.contains("check the provider, then `PAY.UPDATE slow-1 succeeded|failed`")
         })
     });
-    wait_for("the alert to repeat", 10, &sidecar, || {
+    sidecar.wait_for("the alert to repeat", 10, || {
         messages_with(&slack, alert).len() >= 2
     });
     // Asked about again (GET), never sent.
     let gets = bank.gets();
-    wait_for("the provider to be asked again", 10, &sidecar, || {
-        bank.gets() > gets
-    });
+    sidecar.wait_for("the provider to be asked again", 10, || bank.gets() > gets);
     assert_eq!(check(&mut c, "slow-1").unwrap()["status"], "unknown");
     // The provider finishes it: the next check resolves it.
     bank.settle("slow-1", "succeeded", "ch_slow");
-    wait_for("the late answer to resolve it", 10, &sidecar, || {
+    sidecar.wait_for("the late answer to resolve it", 10, || {
         let r = check(&mut c, "slow-1").unwrap();
         r["status"] == "succeeded" && r["provider_ref"] == "ch_slow"
     });
-    wait_for("the resolved message", 10, &sidecar, || {
+    sidecar.wait_for("the resolved message", 10, || {
         messages_with(&slack, "resolved")
             .iter()
             .any(|m| m.contains("`slow-1` succeeded"))
@@ -398,7 +304,7 @@ fn a_payment_the_provider_keeps_processing_becomes_unknown_alerted_and_resolves_
 fn a_post_that_charges_after_the_timeout_is_never_failed_and_charged_once() {
     let s = redis();
     let mut c = s.conn();
-    let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 12);
+    let bank = Bank::reliable();
     bank.script(
         "late-1",
         vec![
@@ -408,7 +314,7 @@ fn a_post_that_charges_after_the_timeout_is_never_failed_and_charged_once() {
     );
     cache(&mut c, "late-1", "u", 1000, "USD");
     let statuses = Statuses::watch(&s, "late-1");
-    let sidecar = Sidecar::start(
+    let sidecar = start_sidecar(
         &s,
         &bank.url,
         None,
@@ -423,7 +329,7 @@ fn a_post_that_charges_after_the_timeout_is_never_failed_and_charged_once() {
             "1s",
         ],
     );
-    wait_for("the payment to succeed", 15, &sidecar, || {
+    sidecar.wait_for("the payment to succeed", 15, || {
         check(&mut c, "late-1").unwrap()["status"] == "succeeded"
     });
     statuses.settle_on("succeeded");
@@ -450,19 +356,19 @@ fn a_post_that_charges_after_the_timeout_is_never_failed_and_charged_once() {
 fn a_misrouted_bank_url_sends_nothing_fails_nothing_and_alerts_the_operator() {
     let s = redis();
     let mut c = s.conn();
-    let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 13);
+    let bank = Bank::reliable();
     let slack = Slack::start(false);
     for k in ["wrong-1", "wrong-2"] {
         cache(&mut c, k, "u", 1000, "USD");
     }
     let statuses = Statuses::watch(&s, "wrong-1");
-    let sidecar = Sidecar::start(
+    let sidecar = start_sidecar(
         &s,
         &format!("{}/v2", bank.url),
         Some(&slack.url),
         &["--max-attempts", "2", "--retry-schedule", "200ms"],
     );
-    wait_for("both payments to run out of attempts", 15, &sidecar, || {
+    sidecar.wait_for("both payments to run out of attempts", 15, || {
         ["wrong-1", "wrong-2"]
             .iter()
             .all(|k| check(&mut c, k).unwrap()["status"] == "unknown")
@@ -473,7 +379,7 @@ fn a_misrouted_bank_url_sends_nothing_fails_nothing_and_alerts_the_operator() {
         "{r:?}"
     );
     let problem = "answered GET {bank-url}/payments/{id} 404 without {\"status\":\"not_found\"}";
-    wait_for("the configuration alert", 10, &sidecar, || {
+    sidecar.wait_for("the configuration alert", 10, || {
         !messages_with(&slack, problem).is_empty()
     });
     // Four attempts met the same problem: it is alerted once per repeat interval.
@@ -510,11 +416,11 @@ fn with_wait_replicas_nothing_is_sent_for_a_claim_no_replica_has() {
     // the payments finish.
     let s = redis();
     let mut c = s.conn();
-    let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 14);
+    let bank = Bank::reliable();
     for k in ["alone-1", "alone-2"] {
         cache(&mut c, k, "u", 1000, "USD");
     }
-    let sidecar = Sidecar::start(
+    let sidecar = start_sidecar(
         &s,
         &bank.url,
         None,
@@ -527,16 +433,14 @@ fn with_wait_replicas_nothing_is_sent_for_a_claim_no_replica_has() {
             "1s",
         ],
     );
-    wait_for("claims left unreplicated", 10, &sidecar, || {
+    sidecar.wait_for("claims left unreplicated", 10, || {
         sidecar.log().matches("claim not on 1 replica(s)").count() >= 2
     });
     assert!(bank.requests().is_empty(), "{:?}", bank.requests());
     assert_eq!(pending_count(&mut c), 2);
     let replica = redis();
     replicate(&replica, &s);
-    wait_for("both payments to finish", 15, &sidecar, || {
-        pending_count(&mut c) == 0
-    });
+    sidecar.wait_for("both payments to finish", 15, || pending_count(&mut c) == 0);
     assert_each_charged_once(&bank, 2);
 }
 
@@ -544,11 +448,11 @@ fn with_wait_replicas_nothing_is_sent_for_a_claim_no_replica_has() {
 fn an_unknown_payment_is_never_resent_until_an_operator_says_so() {
     let s = redis();
     let mut c = s.conn();
-    let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 2);
+    let bank = Bank::reliable();
     bank.set_outage(true);
     cache(&mut c, "doomed", "u", 2500, "EUR");
     let statuses = Statuses::watch(&s, "doomed");
-    let sidecar = Sidecar::start(
+    let sidecar = start_sidecar(
         &s,
         &bank.url,
         None,
@@ -561,7 +465,7 @@ fn an_unknown_payment_is_never_resent_until_an_operator_says_so() {
             "300ms",
         ],
     );
-    wait_for("the payment to become unknown", 20, &sidecar, || {
+    sidecar.wait_for("the payment to become unknown", 20, || {
         check(&mut c, "doomed").unwrap()["status"] == "unknown"
     });
     let r = check(&mut c, "doomed").unwrap();
@@ -571,19 +475,16 @@ fn an_unknown_payment_is_never_resent_until_an_operator_says_so() {
         "{r:?}"
     );
     bank.set_outage(false);
-    wait_for(
-        "the provider's not_found to be recorded",
-        10,
-        &sidecar,
-        || check(&mut c, "doomed").unwrap()["reason"].contains("no record of it"),
-    );
+    sidecar.wait_for("the provider's not_found to be recorded", 10, || {
+        check(&mut c, "doomed").unwrap()["reason"].contains("no record of it")
+    });
     let gets = bank.gets();
-    wait_for("another check", 10, &sidecar, || bank.gets() > gets);
+    sidecar.wait_for("another check", 10, || bank.gets() > gets);
     assert_eq!(check(&mut c, "doomed").unwrap()["status"], "unknown");
     assert_eq!(bank.posts(), 0, "an unknown payment was sent");
     // The operator checked: it was never charged. Back to the retries.
     update(&mut c, "doomed", "pending");
-    wait_for("the payment to be sent and succeed", 10, &sidecar, || {
+    sidecar.wait_for("the payment to be sent and succeed", 10, || {
         check(&mut c, "doomed").unwrap()["status"] == "succeeded"
     });
     assert_eq!(bank.creations().get("doomed"), Some(&1));
@@ -598,7 +499,7 @@ fn an_unknown_payment_is_never_resent_until_an_operator_says_so() {
 fn a_stalled_workers_late_write_is_fenced_and_the_second_workers_result_stands() {
     let s = redis();
     let mut c = s.conn();
-    let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 14);
+    let bank = Bank::reliable();
     bank.script(
         "stall-1",
         vec![Scripted::Normal, Scripted::Slow(Duration::from_millis(800))],
@@ -615,20 +516,18 @@ fn a_stalled_workers_late_write_is_fenced_and_the_second_workers_result_stands()
             "1",
         ]
     };
-    let mut a = Sidecar::start(&s, &bank.url, None, &opts("A"));
+    let mut a = start_sidecar(&s, &bank.url, None, &opts("A"));
     cache(&mut c, "stall-1", "u", 1000, "USD");
-    wait_for("A's POST to reach the provider", 10, &a, || {
-        bank.posts() == 1
-    });
+    a.wait_for("A's POST to reach the provider", 10, || bank.posts() == 1);
     a.signal("STOP");
-    let b = Sidecar::start(&s, &bank.url, None, &opts("B"));
-    wait_for("B to resolve the payment", 15, &b, || {
+    let b = start_sidecar(&s, &bank.url, None, &opts("B"));
+    b.wait_for("B to resolve the payment", 15, || {
         let r = check(&mut c, "stall-1").unwrap();
         r["status"] == "succeeded" && r["lease_owner"] != "A" && r["attempts"] == "2"
     });
     let resolved = check(&mut c, "stall-1").unwrap();
     a.signal("CONT");
-    wait_for("A's late write to be dropped", 10, &a, || {
+    a.wait_for("A's late write to be dropped", 10, || {
         a.log().contains("txn=stall-1 attempt=1 result")
     });
     let line = a
@@ -660,7 +559,7 @@ fn a_stalled_workers_late_write_is_fenced_and_the_second_workers_result_stands()
 fn alerts_are_delivered_while_another_payments_update_fails_in_the_same_round() {
     let s = redis();
     let mut c = s.conn();
-    let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 15);
+    let bank = Bank::reliable();
     let slack = Slack::start(false);
     bank.know("keeps-processing", "pending", "ch_k");
     for k in ["replaced", "deleted"] {
@@ -669,7 +568,7 @@ fn alerts_are_delivered_while_another_payments_update_fails_in_the_same_round() 
     for k in ["keeps-processing", "replaced", "deleted"] {
         cache(&mut c, k, "u", 1000, "USD");
     }
-    let sidecar = Sidecar::start(
+    let sidecar = start_sidecar(
         &s,
         &bank.url,
         Some(&slack.url),
@@ -686,7 +585,7 @@ fn alerts_are_delivered_while_another_payments_update_fails_in_the_same_round() 
         let path = format!("/payments/{k}");
         bank.requests().iter().any(|r| r.path == path)
     };
-    wait_for("the slow calls to start", 10, &sidecar, || {
+    sidecar.wait_for("the slow calls to start", 10, || {
         asked("replaced") && asked("deleted")
     });
     let _: () = redis::cmd("SET")
@@ -695,7 +594,7 @@ fn alerts_are_delivered_while_another_payments_update_fails_in_the_same_round() 
         .query(&mut c)
         .unwrap();
     let _: i64 = redis::cmd("DEL").arg("deleted").query(&mut c).unwrap();
-    wait_for("the refused write to be logged", 10, &sidecar, || {
+    sidecar.wait_for("the refused write to be logged", 10, || {
         sidecar
             .log()
             .contains("txn=replaced attempt=1 result unknown not recorded")
@@ -705,14 +604,14 @@ fn alerts_are_delivered_while_another_payments_update_fails_in_the_same_round() 
         check(&mut c, "keeps-processing").unwrap()["status"],
         "unknown"
     );
-    wait_for("the unknown payment's alert", 10, &sidecar, || {
+    sidecar.wait_for("the unknown payment's alert", 10, || {
         messages_with(&slack, "outcome unknown after 1 attempts")
             .iter()
             .any(|m| listed(m).contains("keeps-processing"))
     });
     // The sidecar goes on.
     cache(&mut c, "next", "u", 1000, "USD");
-    wait_for("the next payment", 10, &sidecar, || {
+    sidecar.wait_for("the next payment", 10, || {
         check(&mut c, "next").unwrap()["status"] == "succeeded"
     });
 }
@@ -729,15 +628,15 @@ fn keys_with_a_prefix_reach_the_provider_as_their_transaction_id() {
             .module_arg("payment:"),
     );
     let mut c = s.conn();
-    let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 16);
+    let bank = Bank::reliable();
     // txn_1: the application charged it before it crashed; txn_2: never sent.
     bank.know("txn_1", "succeeded", "ch_app");
     for k in ["payment:txn_1", "payment:txn_2"] {
         let r = cache(&mut c, k, "u", 1000, "USD");
         assert_eq!(r["transaction_id"], k.trim_start_matches("payment:"));
     }
-    let sidecar = Sidecar::start(&s, &bank.url, None, &[]);
-    wait_for("both payments to succeed", 10, &sidecar, || {
+    let sidecar = start_sidecar(&s, &bank.url, None, &[]);
+    sidecar.wait_for("both payments to succeed", 10, || {
         ["payment:txn_1", "payment:txn_2"]
             .iter()
             .all(|k| check(&mut c, k).unwrap()["status"] == "succeeded")
@@ -784,7 +683,7 @@ fn a_renamed_or_copied_payment_is_still_its_first_transaction_at_the_provider() 
             .module_arg("payment:"),
     );
     let mut c = s.conn();
-    let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 17);
+    let bank = Bank::reliable();
     bank.know("txn_1", "succeeded", "ch_app");
     cache(&mut c, "payment:txn_1", "u", 1000, "USD");
     cache(&mut c, "payment:txn_2", "u", 2000, "USD");
@@ -799,8 +698,8 @@ fn a_renamed_or_copied_payment_is_still_its_first_transaction_at_the_provider() 
         .query(&mut c)
         .unwrap();
     let keys = ["payment:txn_1:held", "payment:txn_2", "payment:txn_2:copy"];
-    let sidecar = Sidecar::start(&s, &bank.url, None, &[]);
-    wait_for("every payment to succeed", 10, &sidecar, || {
+    let sidecar = start_sidecar(&s, &bank.url, None, &[]);
+    sidecar.wait_for("every payment to succeed", 10, || {
         keys.iter()
             .all(|k| check(&mut c, k).unwrap()["status"] == "succeeded")
     });
@@ -821,39 +720,42 @@ fn a_renamed_or_copied_payment_is_still_its_first_transaction_at_the_provider() 
     assert_eq!(created.len(), 2, "{created:?}");
 }
 
+/// A provider that fails `rate` of the calls, a third of those by hanging
+/// 1200 ms (past the sidecar's 1 s timeout), and otherwise answers after
+/// `latency`.
+fn failing_bank(rate: f64, latency: Duration, seed: u64) -> Bank {
+    Bank::start(rate, latency, Duration::from_millis(1200), seed)
+}
+
+/// Sidecar options that outlast a [`failing_bank`] with `concurrency`
+/// workers: up to 100 attempts, each retried after 1 s, past the stand-in's
+/// hang, so a retry never meets the hung call.
+fn outlasting_failures(concurrency: &str) -> [&str; 10] {
+    [
+        "--concurrency",
+        concurrency,
+        "--lease",
+        "2500ms",
+        "--timeout",
+        "1s",
+        "--max-attempts",
+        "100",
+        "--retry-schedule",
+        "1s",
+    ]
+}
+
 #[test]
 fn with_30_percent_of_provider_calls_failing_1000_payments_all_resolve_once() {
     const N: usize = 1000;
     let s = redis();
     let mut c = s.conn();
-    let bank = Bank::start(
-        0.3,
-        Duration::from_millis(2),
-        Duration::from_millis(1200),
-        3,
-    );
+    let bank = failing_bank(0.3, Duration::from_millis(2), 3);
     cache_many(&mut c, "txn:", N);
-    let sidecar = Sidecar::start(
-        &s,
-        &bank.url,
-        None,
-        // About half of all attempts meet a failure here: ten in a row (the
-        // default --max-attempts) happen to about one payment in a thousand.
-        &[
-            "--concurrency",
-            "32",
-            "--lease",
-            "2500ms",
-            "--timeout",
-            "1s",
-            "--max-attempts",
-            "100",
-            // Past the stand-in's hang, so a retry never meets the hung call.
-            "--retry-schedule",
-            "1s",
-        ],
-    );
-    wait_for("every payment to resolve", 120, &sidecar, || {
+    // About half of all attempts meet a failure here: ten in a row (the
+    // default --max-attempts) happen to about one payment in a thousand.
+    let sidecar = start_sidecar(&s, &bank.url, None, &outlasting_failures("32"));
+    sidecar.wait_for("every payment to resolve", 120, || {
         pending_count(&mut c) == 0
     });
     assert_eq!(
@@ -875,30 +777,14 @@ fn two_sidecars_one_killed_mid_round_still_resolve_everything_once() {
     const N: usize = 400;
     let s = redis();
     let mut c = s.conn();
-    let bank = Bank::start(
-        0.1,
-        Duration::from_millis(20),
-        Duration::from_millis(1200),
-        4,
-    );
+    let bank = failing_bank(0.1, Duration::from_millis(20), 4);
     cache_many(&mut c, "txn:", N);
-    let extra = [
-        "--concurrency",
-        "8",
-        "--lease",
-        "2500ms",
-        "--timeout",
-        "1s",
-        "--max-attempts",
-        "100",
-        "--retry-schedule",
-        "1s",
-    ];
-    let mut a = Sidecar::start(&s, &bank.url, None, &extra);
-    let b = Sidecar::start(&s, &bank.url, None, &extra);
-    wait_for("the round to be under way", 30, &b, || bank.posts() > 60);
+    let extra = outlasting_failures("8");
+    let mut a = start_sidecar(&s, &bank.url, None, &extra);
+    let b = start_sidecar(&s, &bank.url, None, &extra);
+    b.wait_for("the round to be under way", 30, || bank.posts() > 60);
     a.kill(); // SIGKILL, mid-round: its leased payments wait out their lease
-    wait_for("every payment to resolve", 120, &b, || {
+    b.wait_for("every payment to resolve", 120, || {
         pending_count(&mut c) == 0
     });
     assert_each_charged_once(&bank, N);
@@ -933,7 +819,7 @@ fn listed(message: &str) -> BTreeSet<String> {
 fn alerts_survive_a_slack_outage_repeat_and_resolve_without_duplicates() {
     let s = redis();
     let mut c = s.conn();
-    let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 5);
+    let bank = Bank::reliable();
     bank.set_outage(true);
     let slack = Slack::start(false);
     slack.set_down(true);
@@ -953,10 +839,10 @@ fn alerts_survive_a_slack_outage_repeat_and_resolve_without_duplicates() {
         "--max-attempts",
         "100",
     ];
-    let a = Sidecar::start(&s, &bank.url, Some(&slack.url), &extra);
-    let _b = Sidecar::start(&s, &bank.url, Some(&slack.url), &extra);
+    let a = start_sidecar(&s, &bank.url, Some(&slack.url), &extra);
+    let _b = start_sidecar(&s, &bank.url, Some(&slack.url), &extra);
     // Slack is down: alerts wait in the outbox.
-    wait_for("Slack to be tried", 10, &a, || slack.refused() >= 2);
+    a.wait_for("Slack to be tried", 10, || slack.refused() >= 2);
     assert!(slack.messages().is_empty());
     slack.rate_limit(1);
     slack.set_down(false);
@@ -969,14 +855,14 @@ fn alerts_survive_a_slack_outage_repeat_and_resolve_without_duplicates() {
             .filter(|m| listed(m).contains(k))
             .count()
     };
-    wait_for("the first alerts", 10, &a, || {
+    a.wait_for("the first alerts", 10, || {
         stuck.iter().all(|k| times_listed(k) >= 1)
     });
     for k in &stuck {
         assert_eq!(times_listed(k), 1, "{k}: {:?}", slack.messages());
     }
     // Still stuck after the repeat interval: one repeat each, not more.
-    wait_for("the repeats", 10, &a, || {
+    a.wait_for("the repeats", 10, || {
         stuck.iter().all(|k| times_listed(k) >= 2)
     });
     std::thread::sleep(Duration::from_millis(800));
@@ -990,10 +876,8 @@ fn alerts_survive_a_slack_outage_repeat_and_resolve_without_duplicates() {
     );
     // The provider recovers: the payments complete and one resolved message follows.
     bank.set_outage(false);
-    wait_for("the payments to resolve", 20, &a, || {
-        pending_count(&mut c) == 0
-    });
-    wait_for("the resolved message", 10, &a, || {
+    a.wait_for("the payments to resolve", 20, || pending_count(&mut c) == 0);
+    a.wait_for("the resolved message", 10, || {
         slack.messages().iter().any(|m| m.contains("resolved"))
     });
     std::thread::sleep(Duration::from_millis(1000));
@@ -1012,13 +896,11 @@ fn alerts_survive_a_slack_outage_repeat_and_resolve_without_duplicates() {
 #[test]
 fn sigterm_stops_claiming_and_exits_promptly() {
     let s = redis();
-    let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 6);
-    let mut sidecar = Sidecar::start(&s, &bank.url, None, &["--shutdown-timeout", "2s"]);
+    let bank = Bank::reliable();
+    let mut sidecar = start_sidecar(&s, &bank.url, None, &["--shutdown-timeout", "2s"]);
     std::thread::sleep(Duration::from_millis(500));
     sidecar.signal("TERM");
-    let exited = wait_until(Duration::from_secs(5), || {
-        matches!(sidecar.child.try_wait(), Ok(Some(_)))
-    });
+    let exited = wait_until(Duration::from_secs(5), || sidecar.exited());
     assert!(
         exited,
         "still running after SIGTERM; log:\n{}",
@@ -1031,7 +913,7 @@ fn sigterm_stops_claiming_and_exits_promptly() {
 fn metrics_and_health_are_served() {
     let s = redis();
     let mut c = s.conn();
-    let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 7);
+    let bank = Bank::reliable();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -1039,13 +921,13 @@ fn metrics_and_health_are_served() {
         .port();
     let addr = format!("127.0.0.1:{port}");
     cache(&mut c, "m", "u", 1000, "USD");
-    let sidecar = Sidecar::start(
+    let sidecar = start_sidecar(
         &s,
         &bank.url,
         None,
         &["--metrics-addr", &addr, "--log-format", "json"],
     );
-    wait_for("the payment", 10, &sidecar, || pending_count(&mut c) == 0);
+    sidecar.wait_for("the payment", 10, || pending_count(&mut c) == 0);
     // A 503 (no round finished yet) is an answer too, not an error.
     let get = |path: &str| -> (u16, String) {
         let mut r = ureq::get(&format!("http://{addr}{path}"))
@@ -1056,7 +938,7 @@ fn metrics_and_health_are_served() {
             .unwrap();
         (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
     };
-    wait_for("a healthy round", 5, &sidecar, || get("/healthz").0 == 200);
+    sidecar.wait_for("a healthy round", 5, || get("/healthz").0 == 200);
     let (_, health) = get("/healthz");
     let v: serde_json::Value = serde_json::from_str(&health).unwrap();
     assert_eq!(v["status"], "ok", "{v}");
@@ -1091,11 +973,13 @@ fn works_as_a_least_privilege_acl_user_from_the_url() {
         .arg(SIDECAR_ACL)
         .query(&mut c)
         .unwrap();
-    let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 8);
+    let bank = Bank::reliable();
     bank.set_outage(true);
     let slack = Slack::start(false);
     cache(&mut c, "acl-1", "u", 1000, "USD");
-    let args: Vec<String> = [
+    let url = format!("redis://sidecar:s3cret@127.0.0.1:{}/", s.port);
+    let mut args = sidecar_args(&url, &bank.url, Some(&slack.url));
+    args.extend([
         "--interval",
         "200ms",
         "--lease",
@@ -1108,21 +992,14 @@ fn works_as_a_least_privilege_acl_user_from_the_url() {
         "300ms",
         "--max-attempts",
         "100",
-    ]
-    .map(String::from)
-    .to_vec();
-    let sidecar = Sidecar::launch(
-        &format!("redis://sidecar:s3cret@127.0.0.1:{}/", s.port),
-        &bank.url,
-        Some(&slack.url),
-        &args,
-    );
-    wait_for("an alert", 10, &sidecar, || !slack.messages().is_empty());
+    ]);
+    let sidecar = Sidecar::launch(PAY_SIDECAR, &args);
+    sidecar.wait_for("an alert", 10, || !slack.messages().is_empty());
     bank.set_outage(false);
-    wait_for("the payment to succeed", 10, &sidecar, || {
+    sidecar.wait_for("the payment to succeed", 10, || {
         check(&mut c, "acl-1").unwrap()["status"] == "succeeded"
     });
-    wait_for("the resolved message", 10, &sidecar, || {
+    sidecar.wait_for("the resolved message", 10, || {
         slack.messages().iter().any(|m| m.contains("resolved"))
     });
     assert!(!sidecar.log().contains("NOPERM"), "{}", sidecar.log());
@@ -1150,7 +1027,7 @@ fn works_as_a_least_privilege_acl_user_from_the_url() {
 fn the_daemon_runs_in_process_and_returns_once_told_to_stop() {
     let s = redis();
     let mut c = s.conn();
-    let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 1);
+    let bank = Bank::reliable();
     bank.know("in-process", "succeeded", "ch_in_process");
     cache(&mut c, "in-process", "67890", 1000, "USD");
     let mut args = vec![
@@ -1160,7 +1037,7 @@ fn the_daemon_runs_in_process_and_returns_once_told_to_stop() {
         "--bank-url".into(),
         bank.url.clone(),
     ];
-    for (name, value) in DEFAULTS {
+    for (name, value) in SIDECAR_DEFAULTS {
         args.extend([name.to_string(), value.to_string()]);
     }
     let opts = Options::try_parse_from(&args).expect("options parse");

@@ -6,12 +6,9 @@
 //! primary it cannot reach, and in the end no payment is stranded and each
 //! was charged once.
 
-mod deploy;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use deploy::*;
 use testkit::standin::{Bank, Slack};
 use testkit::*;
 
@@ -54,7 +51,7 @@ fn healthz(addr: &str) -> (u16, serde_json::Value) {
 
 #[test]
 fn a_shard_failed_over_and_another_killed_mid_run_strand_nothing_charge_once_and_alerts_go_on() {
-    let (mut nodes, shards) = cluster_with_replicas(3);
+    let (mut nodes, shards) = cluster_with_replicas(3, Opts::sweeper(100, 20));
     let mut any = nodes[shards[0].primary].conn();
     // Shard `moved` holds the alert state and fails over on command; shard
     // `killed` loses its primary.
@@ -65,12 +62,11 @@ fn a_shard_failed_over_and_another_killed_mid_run_strand_nothing_charge_once_and
     let mut any = nodes[shards[other].primary].conn();
     // The killed shard's replica waits for the test's word before it takes
     // over, so the test sees the sidecar at work while the shard is down.
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("cluster-replica-no-failover")
-        .arg("yes")
-        .query(&mut nodes[shards[killed].replica].conn())
-        .unwrap();
+    config_set(
+        &mut nodes[shards[killed].replica].conn(),
+        "cluster-replica-no-failover",
+        "yes",
+    );
 
     let seeds: Vec<String> = nodes
         .iter()
@@ -111,13 +107,8 @@ fn a_shard_failed_over_and_another_killed_mid_run_strand_nothing_charge_once_and
     let slack = Slack::start(false);
     let metrics = format!("127.0.0.1:{}", free_port());
     let url = format!("redis://127.0.0.1:{}/", nodes[shards[other].primary].port);
-    let sidecar = Sidecar::start(&[
-        "--redis-url",
-        &url,
-        "--bank-url",
-        &bank.url,
-        "--slack-webhook-url",
-        &slack.url,
+    let mut args = sidecar_args(&url, &bank.url, Some(&slack.url));
+    args.extend([
         "--alert-after",
         "1s",
         "--concurrency",
@@ -125,6 +116,7 @@ fn a_shard_failed_over_and_another_killed_mid_run_strand_nothing_charge_once_and
         "--metrics-addr",
         &metrics,
     ]);
+    let sidecar = Sidecar::start(env!("CARGO_BIN_EXE_pay-sidecar"), &args);
     let done = |bank: &Bank| bank.creations().len();
     sidecar.wait_for("the run to be under way", 30, || done(&bank) >= 20);
 
@@ -185,12 +177,11 @@ fn a_shard_failed_over_and_another_killed_mid_run_strand_nothing_charge_once_and
     });
 
     // 3. The killed shard's replica takes over; its payments finish.
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("cluster-replica-no-failover")
-        .arg("no")
-        .query(&mut nodes[shards[killed].replica].conn())
-        .unwrap();
+    config_set(
+        &mut nodes[shards[killed].replica].conn(),
+        "cluster-replica-no-failover",
+        "no",
+    );
     sidecar.wait_for("the replica of the killed primary to take over", 30, || {
         role(nodes[shards[killed].replica].port).as_deref() == Some("master")
     });

@@ -5,12 +5,9 @@
 //! each charged once, as the README's least-privilege ACL user (from
 //! --redis-url) on the data nodes.
 
-mod deploy;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use deploy::*;
 use testkit::standin::Bank;
 use testkit::*;
 
@@ -87,23 +84,25 @@ fn the_primary_killed_mid_run_sentinel_promotes_the_replica_and_every_payment_fi
         .collect::<Vec<_>>()
         .join(",");
     let metrics = format!("127.0.0.1:{}", free_port());
-    let sidecar = Sidecar::start(&[
-        // Only the credentials count: the host is never dialled.
-        "--redis-url",
+    // Only the credentials count in the URL: the host is never dialled.
+    let mut args = sidecar_args(
         "redis://sidecar:s3cret@unused.invalid:6379/",
+        &bank.url,
+        None,
+    );
+    args.extend([
         "--sentinel",
         &sentinel_list,
         "--sentinel-master",
         MASTER,
         "--sentinel-password",
         SENTINEL_PASSWORD,
-        "--bank-url",
-        &bank.url,
         "--concurrency",
         "2",
         "--metrics-addr",
         &metrics,
     ]);
+    let sidecar = Sidecar::start(env!("CARGO_BIN_EXE_pay-sidecar"), &args);
     sidecar.wait_for("some payments done on the first primary", 30, || {
         info_field(&mut c, "records_succeeded") >= 10
     });

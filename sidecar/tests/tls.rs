@@ -7,13 +7,25 @@
 //! nothing changes. Through a Sentinel that speaks TLS too, it finds the
 //! TLS primary.
 
-mod deploy;
-
 use std::time::Duration;
 
-use deploy::*;
 use testkit::standin::{Bank, Slack};
 use testkit::*;
+
+const PAY_SIDECAR: &str = env!("CARGO_BIN_EXE_pay-sidecar");
+
+/// The sidecar's TLS options: the server's certificate checked against
+/// `ca` (a file of `certs`), and the test client certificate.
+fn tls_options(certs: &Certs, ca: &str) -> [String; 6] {
+    [
+        "--redis-ca-cert".into(),
+        certs.path(ca),
+        "--redis-client-cert".into(),
+        certs.path("client.crt"),
+        "--redis-client-key".into(),
+        certs.path("client.key"),
+    ]
+}
 
 fn stuck(c: &mut redis::Connection, key: &str) -> std::collections::BTreeMap<String, String> {
     check(c, key).expect("the payment is there")
@@ -24,7 +36,7 @@ fn over_mutual_tls_the_sidecar_finishes_stuck_payments_and_alerts() {
     let certs = Certs::make();
     let server = tls_server(&certs, &Opts::sweeper(100, 20), "127.0.0.1");
     let mut c = tls_conn(&certs, server.port).unwrap();
-    let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 3);
+    let bank = Bank::reliable();
     let slack = Slack::start(false);
     // The provider charged this one but the reply was lost; it keeps the
     // other one processing for ever (so it is alerted).
@@ -40,24 +52,11 @@ fn over_mutual_tls_the_sidecar_finishes_stuck_payments_and_alerts() {
     }
     let metrics = format!("127.0.0.1:{}", free_port());
     let url = format!("rediss://127.0.0.1:{}/", server.port);
-    let sidecar = Sidecar::start(&[
-        "--redis-url",
-        &url,
-        "--redis-ca-cert",
-        &certs.path("ca.crt"),
-        "--redis-client-cert",
-        &certs.path("client.crt"),
-        "--redis-client-key",
-        &certs.path("client.key"),
-        "--bank-url",
-        &bank.url,
-        "--slack-webhook-url",
-        &slack.url,
-        "--alert-after",
-        "1s",
-        "--metrics-addr",
-        &metrics,
-    ]);
+    let mut args = sidecar_args(&url, &bank.url, Some(&slack.url));
+    args.extend(["--alert-after", "1s", "--metrics-addr", &metrics]);
+    let tls = tls_options(&certs, "ca.crt");
+    args.extend(tls.iter().map(String::as_str));
+    let sidecar = Sidecar::start(PAY_SIDECAR, &args);
     sidecar.wait_for("every payment to be finished", 30, || {
         keys.iter()
             .chain([&"txn_known".to_string()])
@@ -109,11 +108,17 @@ fn over_mutual_tls_the_sidecar_finishes_stuck_payments_and_alerts() {
 /// Runs a sidecar with `args` against `url` until its log says `expect`,
 /// then checks that the payment was left as it was and the provider never
 /// heard of it.
-fn refused(url: &str, args: &[&str], expect: &[&str], c: &mut redis::Connection, bank: &Bank) {
-    let mut all = vec!["--redis-url", url, "--bank-url", &bank.url];
-    all.extend(args);
+fn refused(
+    url: &str,
+    args: &[impl AsRef<str>],
+    expect: &[&str],
+    c: &mut redis::Connection,
+    bank: &Bank,
+) {
+    let mut all = sidecar_args(url, &bank.url, None);
+    all.extend(args.iter().map(AsRef::as_ref));
     let before = stuck(c, "txn_1");
-    let sidecar = Sidecar::start(&all);
+    let sidecar = Sidecar::start(PAY_SIDECAR, &all);
     sidecar.wait_for(&format!("a log line with {expect:?}"), 15, || {
         let log = sidecar.log();
         expect.iter().all(|e| log.contains(e))
@@ -131,28 +136,16 @@ fn a_wrong_ca_a_missing_client_certificate_or_a_wrong_name_is_refused_and_change
     // Also on 127.0.0.2, an address its certificate does not name.
     let server = tls_server(&certs, &Opts::sweeper(100, 20), "127.0.0.1 127.0.0.2");
     let mut c = tls_conn(&certs, server.port).unwrap();
-    let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 4);
+    let bank = Bank::reliable();
     cache(&mut c, "txn_1", "u", 1000, "EUR");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(stuck(&mut c, "txn_1")["attempts"], "0");
     let url = format!("rediss://127.0.0.1:{}/", server.port);
-    let (ca, other_ca, cert, key) = (
-        certs.path("ca.crt"),
-        certs.path("other-ca.crt"),
-        certs.path("client.crt"),
-        certs.path("client.key"),
-    );
+    let ca = certs.path("ca.crt");
     // A CA that did not sign the server's certificate.
     refused(
         &url,
-        &[
-            "--redis-ca-cert",
-            &other_ca,
-            "--redis-client-cert",
-            &cert,
-            "--redis-client-key",
-            &key,
-        ],
+        &tls_options(&certs, "other-ca.crt"),
         &["cannot reach Redis yet", "UnknownIssuer", "TLS refused"],
         &mut c,
         &bank,
@@ -173,14 +166,7 @@ fn a_wrong_ca_a_missing_client_certificate_or_a_wrong_name_is_refused_and_change
     // server names are checked.
     refused(
         &format!("rediss://127.0.0.2:{}/", server.port),
-        &[
-            "--redis-ca-cert",
-            &ca,
-            "--redis-client-cert",
-            &cert,
-            "--redis-client-key",
-            &key,
-        ],
+        &tls_options(&certs, "ca.crt"),
         &[
             "cannot reach Redis yet",
             "not valid for name \"127.0.0.2\"",
@@ -191,7 +177,7 @@ fn a_wrong_ca_a_missing_client_certificate_or_a_wrong_name_is_refused_and_change
     );
     // A plain redis:// URL to a TLS port: refused, and certificate options
     // without rediss:// are a configuration error at start.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pay-sidecar"))
+    let out = std::process::Command::new(PAY_SIDECAR)
         .args([
             "--redis-url",
             &format!("redis://127.0.0.1:{}/", server.port),
@@ -211,28 +197,17 @@ fn through_a_sentinel_that_speaks_tls_the_sidecar_finds_the_tls_primary_and_fini
     let server = tls_server(&certs, &Opts::sweeper(100, 20), "127.0.0.1");
     let sentinel = tls_sentinel(&server.bin, &certs, "pay", server.port);
     let mut c = tls_conn(&certs, server.port).unwrap();
-    let bank = Bank::start(0.0, Duration::ZERO, Duration::ZERO, 6);
+    let bank = Bank::reliable();
     for i in 0..5 {
         cache(&mut c, &format!("txn_{i}"), "u", 1000, "EUR");
     }
     let sentinels = format!("127.0.0.1:{}", sentinel.port);
-    let sidecar = Sidecar::start(&[
-        // Only the scheme counts here: TLS to the Sentinel and the data node.
-        "--redis-url",
-        "rediss://unused.invalid/",
-        "--sentinel",
-        &sentinels,
-        "--sentinel-master",
-        "pay",
-        "--redis-ca-cert",
-        &certs.path("ca.crt"),
-        "--redis-client-cert",
-        &certs.path("client.crt"),
-        "--redis-client-key",
-        &certs.path("client.key"),
-        "--bank-url",
-        &bank.url,
-    ]);
+    // Only the scheme counts in the URL: TLS to the Sentinel and the data node.
+    let mut args = sidecar_args("rediss://unused.invalid/", &bank.url, None);
+    args.extend(["--sentinel", &sentinels, "--sentinel-master", "pay"]);
+    let tls = tls_options(&certs, "ca.crt");
+    args.extend(tls.iter().map(String::as_str));
+    let sidecar = Sidecar::start(PAY_SIDECAR, &args);
     sidecar.wait_for("the payments to be finished", 30, || {
         (0..5).all(|i| stuck(&mut c, &format!("txn_{i}"))["status"] == "succeeded")
     });

@@ -1,5 +1,6 @@
 //! Cluster helpers: forming a cluster, slots, and resharding by keys.
 
+use std::process::Command;
 use std::time::Duration;
 
 use redis::Connection;
@@ -9,12 +10,90 @@ use crate::*;
 /// Starts a server with cluster mode on (and the module's defaults), not yet
 /// part of any cluster.
 pub fn new_cluster_node() -> Server {
+    cluster_node(Opts::new(), 5000)
+}
+
+/// A server with cluster mode on and `opts`, not yet part of any cluster;
+/// it fails a node that has not answered for `node_timeout_ms`.
+pub fn cluster_node(opts: Opts, node_timeout_ms: u64) -> Server {
     Server::with(
-        Opts::new()
-            .config("cluster-enabled", "yes")
+        opts.config("cluster-enabled", "yes")
             .config("cluster-config-file", "nodes.conf")
-            .config("cluster-node-timeout", "5000"),
+            .config("cluster-node-timeout", &node_timeout_ms.to_string()),
     )
+}
+
+/// Makes one cluster of `nodes` with `redis-cli --cluster create` and
+/// `replicas` replicas per primary, and waits until every node says the
+/// cluster is ok and every replica's link to its primary is up.
+pub fn create_cluster(nodes: &[Server], replicas: usize) {
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let out = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+        .output()
+        .expect("redis-cli");
+    assert!(
+        out.status.success(),
+        "redis-cli --cluster create: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for n in nodes {
+        let mut c = n.conn();
+        assert!(
+            wait_until(Duration::from_secs(30), || {
+                let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut c).unwrap();
+                let repl: String = redis::cmd("INFO").arg("replication").query(&mut c).unwrap();
+                info.contains("cluster_state:ok")
+                    && (repl.contains("role:master") || repl.contains("master_link_status:up"))
+            }),
+            "the cluster did not come up"
+        );
+    }
+}
+
+/// One shard of a test cluster: indexes into its node list.
+#[derive(Clone, Copy, Debug)]
+pub struct Shard {
+    pub primary: usize,
+    pub replica: usize,
+}
+
+/// `shards` primaries with one replica each, with `opts`, quick to fail
+/// over: a node is failed after 2 s of silence, the shards that are up keep
+/// serving while one is down (`cluster-require-full-coverage no`), and any
+/// replica may take over (`cluster-replica-validity-factor 0`). Returns the
+/// nodes and which is which.
+pub fn cluster_with_replicas(shards: usize, opts: Opts) -> (Vec<Server>, Vec<Shard>) {
+    let nodes: Vec<Server> = (0..shards * 2)
+        .map(|_| {
+            let opts = opts
+                .clone()
+                .config("cluster-port", &free_port().to_string())
+                .config("cluster-require-full-coverage", "no")
+                .config("cluster-replica-validity-factor", "0");
+            cluster_node(opts, 2000)
+        })
+        .collect();
+    create_cluster(&nodes, 1);
+    let mut layout = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let replica_of = info_str(&mut n.conn(), "replication", "master_port")
+            .and_then(|p| p.parse::<u16>().ok());
+        if let Some(port) = replica_of {
+            let primary = nodes.iter().position(|p| p.port == port).unwrap();
+            layout.push(Shard {
+                primary,
+                replica: i,
+            });
+        }
+    }
+    assert_eq!(layout.len(), shards, "{layout:?}");
+    (nodes, layout)
 }
 
 /// `CLUSTER MYID`.

@@ -43,6 +43,24 @@ pub fn update(c: &mut Connection, key: &str, status: &str) -> BTreeMap<String, S
     record(&v)
 }
 
+/// `PAY.UPDATE key status option value` (REASON, REF...): the record.
+pub fn update_with(
+    c: &mut Connection,
+    key: &str,
+    status: &str,
+    option: &str,
+    value: impl redis::ToRedisArgs,
+) -> BTreeMap<String, String> {
+    let v: Value = redis::cmd("PAY.UPDATE")
+        .arg(key)
+        .arg(status)
+        .arg(option)
+        .arg(value)
+        .query(c)
+        .expect("PAY.UPDATE");
+    record(&v)
+}
+
 /// The transaction ids PAY.STUCK lists (OLDER 0: every pending record).
 pub fn stuck_keys(c: &mut Connection) -> Vec<String> {
     stuck_records(c)
@@ -82,10 +100,19 @@ pub fn select(c: &mut Connection, db: i64) {
 
 /// Every key of the current database, by SCAN.
 pub fn all_keys(c: &mut Connection) -> BTreeSet<String> {
+    scan_keys(c)
+}
+
+/// Every key of the current database, by SCAN, as bytes.
+pub fn all_keys_bytes(c: &mut Connection) -> BTreeSet<Vec<u8>> {
+    scan_keys(c)
+}
+
+fn scan_keys<K: redis::FromRedisValue + Ord>(c: &mut Connection) -> BTreeSet<K> {
     let mut cursor = 0u64;
     let mut keys = BTreeSet::new();
     loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+        let (next, batch): (u64, Vec<K>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("COUNT")
             .arg(1000)
@@ -148,23 +175,4 @@ pub fn claim(
 /// PEXPIRETIME of a key (-1: none, -2: no key).
 pub fn pexpiretime(c: &mut Connection, key: &str) -> i64 {
     redis::cmd("PEXPIRETIME").arg(key).query(c).unwrap()
-}
-
-/// Every key of the current database, by SCAN, as bytes.
-pub fn all_keys_bytes(c: &mut Connection) -> BTreeSet<Vec<u8>> {
-    let mut cursor = 0u64;
-    let mut keys = BTreeSet::new();
-    loop {
-        let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(1000)
-            .query(c)
-            .unwrap();
-        keys.extend(batch);
-        if next == 0 {
-            return keys;
-        }
-        cursor = next;
-    }
 }

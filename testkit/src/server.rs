@@ -282,6 +282,33 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+/// `CONFIG SET name value`.
+pub fn config_set(c: &mut Connection, name: &str, value: impl redis::ToRedisArgs) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg(name)
+        .arg(value)
+        .query(c)
+        .unwrap();
+}
+
+/// `ROLE`'s first field at 127.0.0.1:`port`: "master", "slave" or
+/// "sentinel"; None if it does not answer.
+pub fn role(port: u16) -> Option<String> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?;
+    let mut c = client
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    redis::cmd("PING").query::<String>(&mut c).ok()?;
+    let v: Vec<redis::Value> = redis::cmd("ROLE").query(&mut c).ok()?;
+    match v.first()? {
+        redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
 /// Makes `replica` a replica of `primary` and waits until the link is up.
 pub fn replicate(replica: &Server, primary: &Server) {
     let mut r = replica.conn();

@@ -10,168 +10,16 @@
 //! callers at the same moment.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::http::{serve, HttpRequest, HttpResponse};
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// One HTTP request as a stand-in sees it.
-pub struct HttpRequest {
-    pub method: String,
-    pub path: String,
-    headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl HttpRequest {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// A response: status, content type, extra headers, body.
-pub struct HttpResponse {
-    pub status: u16,
-    pub content_type: &'static str,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: String,
-}
-
-impl HttpResponse {
-    pub fn new(status: u16, body: impl Into<String>) -> HttpResponse {
-        HttpResponse {
-            status,
-            content_type: "application/json",
-            headers: Vec::new(),
-            body: body.into(),
-        }
-    }
-
-    /// What a web server answers for a path it does not serve.
-    pub fn not_found_page() -> HttpResponse {
-        HttpResponse {
-            content_type: "text/html",
-            ..HttpResponse::new(
-                404,
-                "<html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>",
-            )
-        }
-    }
-}
-
-/// Serves HTTP/1.1 on a free loopback port, one thread per connection (so a
-/// hanging request never holds up another), parsing with `httparse`. The
-/// handler returns None to drop the connection without answering.
-pub fn serve<F>(handler: F) -> std::net::SocketAddr
-where
-    F: Fn(&HttpRequest) -> Option<HttpResponse> + Send + Sync + 'static,
-{
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    let addr = listener.local_addr().expect("local address");
-    let handler = Arc::new(handler);
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let handler = handler.clone();
-            std::thread::spawn(move || {
-                let _ = connection(stream, &*handler);
-            });
-        }
-    });
-    addr
-}
-
-fn connection<F>(mut stream: std::net::TcpStream, handler: &F) -> std::io::Result<()>
-where
-    F: Fn(&HttpRequest) -> Option<HttpResponse>,
-{
-    use std::io::Write;
-    let mut buf = Vec::new();
-    loop {
-        // Read until a whole request head is in the buffer.
-        let (head_len, request) = loop {
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut req = httparse::Request::new(&mut headers);
-            match req.parse(&buf) {
-                Ok(httparse::Status::Complete(n)) => {
-                    let request = HttpRequest {
-                        method: req.method.unwrap_or("").to_string(),
-                        path: req.path.unwrap_or("").to_string(),
-                        headers: req
-                            .headers
-                            .iter()
-                            .map(|h| {
-                                (
-                                    h.name.to_string(),
-                                    String::from_utf8_lossy(h.value).into_owned(),
-                                )
-                            })
-                            .collect(),
-                        body: Vec::new(),
-                    };
-                    break (n, request);
-                }
-                Ok(httparse::Status::Partial) if buf.len() < 64 * 1024 => {
-                    let mut chunk = [0u8; 4096];
-                    let n = stream.read(&mut chunk)?;
-                    if n == 0 {
-                        return Ok(());
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                }
-                _ => return Ok(()),
-            }
-        };
-        let mut request = request;
-        let length: usize = request
-            .header("content-length")
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-            .min(1 << 20);
-        buf.drain(..head_len);
-        while buf.len() < length {
-            let mut chunk = [0u8; 4096];
-            let n = stream.read(&mut chunk)?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        request.body = buf.drain(..length).collect();
-        let Some(response) = handler(&request) else {
-            return Ok(());
-        };
-        let reason = ureq::http::StatusCode::from_u16(response.status)
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .unwrap_or("Status");
-        let mut out = format!(
-            "HTTP/1.1 {} {reason}\r\nContent-Length: {}\r\nContent-Type: {}\r\n",
-            response.status,
-            response.body.len(),
-            response.content_type
-        );
-        for (k, v) in &response.headers {
-            out.push_str(&format!("{k}: {v}\r\n"));
-        }
-        out.push_str("\r\n");
-        out.push_str(&response.body);
-        stream.write_all(out.as_bytes())?;
-        if request
-            .header("connection")
-            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
-        {
-            return Ok(());
-        }
-    }
 }
 
 /// A forced answer for the next call about one payment.
@@ -248,13 +96,19 @@ impl Bank {
             .hang_ms
             .store(hang.as_millis() as u64, Ordering::Relaxed);
         let s = state.clone();
-        let addr = serve(move |rq| handle(&s, rq));
+        let addr = serve(move |rq| handle(&s, rq)).expect("bind a loopback port");
         let bank = Bank {
             url: format!("http://{addr}"),
             state,
         };
         bank.set_fail_rate(fail_rate);
         bank
+    }
+
+    /// Starts a bank that never fails on its own and answers at once:
+    /// outages, scripts and what it knows are the test's to set.
+    pub fn reliable() -> Bank {
+        Bank::start(0.0, Duration::ZERO, Duration::ZERO, 0)
     }
 
     pub fn set_fail_rate(&self, rate: f64) {
@@ -486,7 +340,8 @@ impl Slack {
             }
             lock(&s.messages).push(text);
             Some(HttpResponse::new(200, "ok"))
-        });
+        })
+        .expect("bind a loopback port");
         Slack {
             url: format!("http://{addr}/services/T000/B000/XXXX"),
             state,
