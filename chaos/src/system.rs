@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::procs::{free_port, Proc, Spec};
+use crate::procs::{Proc, Spec};
 use crate::redisio::{self, MASTER};
 use crate::settings::{self, Follow};
+use testkit::free_port;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -128,7 +129,7 @@ impl System {
         let mut servers = Vec::new();
         let mut primary_port = 0;
         for (i, name) in ["redis-a", "redis-b"].into_iter().enumerate() {
-            let port = free_port().map_err(|e| e.to_string())?;
+            let port = free_port();
             let sdir = dir.join(name);
             std::fs::create_dir_all(&sdir).map_err(|e| e.to_string())?;
             let conf = sdir.join("redis.conf");
@@ -160,7 +161,7 @@ impl System {
         }
         let mut sentinels = Vec::new();
         for i in 1..=3 {
-            let port = free_port().map_err(|e| e.to_string())?;
+            let port = free_port();
             let sdir = dir.join(format!("sentinel-{i}"));
             std::fs::create_dir_all(&sdir).map_err(|e| e.to_string())?;
             let conf = sdir.join("sentinel.conf");
