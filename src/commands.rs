@@ -640,7 +640,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::write_json;
-    use crate::record::{Fields, Record, Status, MAX_TIMESTAMP_MS};
+    use crate::props::status;
+    use crate::record::{Fields, Record, MAX_TIMESTAMP_MS};
 
     fn json(r: &Record, prefix: &[u8]) -> String {
         let mut out = Vec::new();
@@ -687,15 +688,6 @@ mod tests {
                 );
             }
         }
-    }
-
-    fn status() -> impl Strategy<Value = Status> {
-        prop_oneof![
-            Just(Status::Pending),
-            Just(Status::Succeeded),
-            Just(Status::Failed),
-            Just(Status::Unknown)
-        ]
     }
 
     proptest! {

@@ -24,13 +24,9 @@ fn token(max: usize) -> impl Strategy<Value = String> {
         .prop_filter("fits the byte limit", move |s| s.len() <= max)
 }
 
-fn status() -> impl Strategy<Value = Status> {
-    prop_oneof![
-        Just(Status::Pending),
-        Just(Status::Succeeded),
-        Just(Status::Failed),
-        Just(Status::Unknown)
-    ]
+/// Any status.
+pub fn status() -> impl Strategy<Value = Status> {
+    proptest::sample::select(Status::ALL.to_vec())
 }
 
 /// Any record the commands could have made, under the key it was created
