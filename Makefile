@@ -36,7 +36,7 @@ test: build ## Unit tests; module suite on Redis 7.0, 8.2, Valkey 8.1, 9.1; side
 test-valgrind: build ## The module's integration suite under valgrind (Valkey, libc malloc), sweeper timing tests aside
 	rm -rf target/valgrind
 	PAY_SERVER=$(CURDIR)/scripts/valgrind-server.sh cargo test --test commands --test config \
-		--test index --test input --test persistence --test replication --test hardening --test neighbour -- --test-threads 2
+		--test index --test input --test persistence --test replication --test hardening --test neighbour --test guard -- --test-threads 2
 	scripts/valgrind-check.sh
 
 lint: ## cargo fmt --check and clippy with warnings as errors

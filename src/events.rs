@@ -49,6 +49,13 @@ pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[
         }
         _ => {}
     }
+    // Still on the event's database: the key as it is now.
+    if matches!(
+        event,
+        "expire" | "restore" | "copy_to" | "rename_to" | "move_to"
+    ) {
+        crate::guard::on_expiry_event(ctx, key);
+    }
     if event == "move_to" || event == "copy_to" {
         let source = SOURCE_DB.swap(-1, Ordering::Relaxed);
         if source >= 0 && source != selected_db(ctx) {
@@ -87,6 +94,7 @@ pub fn subscribe_server_events(ctx: &Context) -> Result<(), String> {
         );
     }
     rm!(RedisModule_SetModuleOptions(ctx.ctx, options as c_int));
+    crate::guard::subscribe(ctx);
     Ok(())
 }
 

@@ -140,12 +140,17 @@ impl PayKey {
         set_expire_at(self.key, at_ms);
     }
 
+    /// Whether the key has an expiry.
+    pub fn expires(&self) -> bool {
+        rm!(RedisModule_GetExpire(self.key)) != raw::REDISMODULE_NO_EXPIRE as raw::mstime_t
+    }
+
     /// An unresolved payment never expires: removes any expiry the key
     /// carries (a record written before contract v2, or an operator's
     /// EXPIRE) and replicates that as PERSIST. Called on every write that
     /// leaves a payment unresolved.
     pub fn keep_unresolved(&self, ctx: &Context, name: &RedisString) {
-        if rm!(RedisModule_GetExpire(self.key)) == raw::REDISMODULE_NO_EXPIRE as raw::mstime_t {
+        if !self.expires() {
             return;
         }
         rm!(RedisModule_SetExpire(

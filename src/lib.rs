@@ -11,7 +11,9 @@
 //! - the Redis glue: `commands` (one function per command), `store` (the data
 //!   type and its callbacks, the index it feeds, FFI helpers), `events` (server
 //!   and keyspace events), `key` (`PayKey` and the write path: write,
-//!   replicate, notify), `sweep` (the timer), `stats` (INFO), `acl`;
+//!   replicate, notify), `sweep` (the timer), `guard` (no unresolved payment
+//!   disappears silently: expiries removed, losses and unsafe eviction
+//!   policies reported), `stats` (INFO), `acl`;
 //! - `config`: every tunable.
 //!
 //! Every module is private: the crate is a cdylib, and Redis reaches it only
@@ -24,6 +26,7 @@ mod commands;
 mod config;
 mod error;
 mod events;
+mod guard;
 mod index;
 mod key;
 #[cfg(test)]
@@ -203,7 +206,8 @@ fn info(ctx: &InfoContext, for_crash_report: bool) -> RedisResult<()> {
         .build_section()?
         .add_section("settings")
         .field("stale_after_ms", config::STALE_AFTER_MS.get().to_string())?
-        .field("alert_after_ms", config::ALERT_AFTER_MS.get().to_string())?;
+        .field("alert_after_ms", config::ALERT_AFTER_MS.get().to_string())?
+        .field("eviction_unsafe", guard::eviction_unsafe().to_string())?;
     let mut section = section.build_section()?.add_section("stats");
     for (name, counter) in stats::COUNTERS {
         section = section.field(name, counter.get().to_string())?;

@@ -64,7 +64,14 @@ pub static LEASES_EXPIRED: Counter = Counter::new();
 /// PAY.UPDATE calls refused by FENCE: a stale worker's late write.
 pub static FENCED: Counter = Counter::new();
 
-pub static COUNTERS: [(&str, &Counter); 15] = [
+/// Expiries removed from unresolved payments (an operator's EXPIRE, a
+/// RESTORE with a TTL): see `guard`.
+pub static EXPIRIES_REMOVED: Counter = Counter::new();
+/// Unresolved payments that expired or were evicted anyway (reported on
+/// servers with key events): each one is in the log, at warning level.
+pub static UNRESOLVED_LOST: Counter = Counter::new();
+
+pub static COUNTERS: [(&str, &Counter); 17] = [
     ("created", &CREATED),
     ("duplicates", &DUPLICATES),
     ("mismatches", &MISMATCHES),
@@ -80,4 +87,6 @@ pub static COUNTERS: [(&str, &Counter); 15] = [
     ("claims", &CLAIMS),
     ("leases_expired", &LEASES_EXPIRED),
     ("fenced", &FENCED),
+    ("expiries_removed", &EXPIRIES_REMOVED),
+    ("unresolved_lost", &UNRESOLVED_LOST),
 ];

@@ -73,6 +73,7 @@ fn tick(ctx: &Context, _: ()) {
     if !is_primary(ctx) {
         return;
     }
+    crate::guard::tick(ctx);
     let now = now_ms();
     let interval = SWEEP_INTERVAL_MS.get();
     let due = if BACKLOG.load(Ordering::Relaxed) {

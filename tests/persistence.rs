@@ -140,14 +140,16 @@ fn aof_rewrite_emits_one_pay_load_per_record() {
 /// Records whose TTL ran out while the server was down are dropped as the
 /// RDB file loads, after the module has read them: the index (built in bulk
 /// once the file has loaded) must not list them, and the counts must agree.
-/// Unresolved payments get no TTL from the module; an operator's PEXPIRE on
-/// one lasts until the module next writes the payment (which removes it),
-/// and is what this test uses.
+/// Unresolved payments get no TTL from the module, and on a primary the
+/// guard takes away an operator's PEXPIRE at the next timer tick. So the
+/// expiries are set where the guard does not act, as an older module's RDB
+/// would hold them: on a writable replica of a primary that never answers.
 #[test]
 fn restart_from_rdb_drops_records_that_expired_while_down() {
     let mut s = Server::start();
     let mut c = s.conn();
     let mut survivors = 0;
+    let mut short_keys = Vec::new();
     for &db in &DBS {
         select(&mut c, db);
         for i in 0..300 {
@@ -169,13 +171,29 @@ fn restart_from_rdb_drops_records_that_expired_while_down() {
                 survivors += 1;
             }
             if short {
-                let _: i64 = redis::cmd("PEXPIRE")
-                    .arg(format!("txn:{db}:{i}"))
-                    .arg(1000)
-                    .query(&mut c)
-                    .unwrap();
+                short_keys.push((db, format!("txn:{db}:{i}")));
             }
         }
+    }
+    config_set(&mut c, "replica-read-only", "no");
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(free_port())
+        .query(&mut c)
+        .unwrap();
+    for (db, key) in &short_keys {
+        select(&mut c, *db);
+        let _: i64 = redis::cmd("PEXPIRE")
+            .arg(key)
+            .arg(1000)
+            .query(&mut c)
+            .unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for (db, key) in short_keys.iter().take(3) {
+        select(&mut c, *db);
+        let ttl: i64 = redis::cmd("PTTL").arg(key).query(&mut c).unwrap();
+        assert!(ttl > 0, "{key} lost its expiry on a replica: {ttl}");
     }
     save(&mut c);
     s.kill();

@@ -157,7 +157,12 @@ fn mutate_once(rng: &mut fastrand::Rng, v: &mut Vec<u8>) {
                 v[rng.usize(MODULE_ID_AT + 1..OPCODE_AT)] = rng.u8(..);
             }
         }
-        8 if len > 0 => v[0] = *rng.choice(&[6u8, 0, 2, 5, 18, 30]).unwrap_or(&6),
+        // The value's RDB type: the pre-GA module type, a plain string, an
+        // unknown type. Never a set, zset or list: Redis's own loaders for
+        // those trust their lengths without sanitize-dump-payload (a zset of
+        // 2^40 entries spun Redis 8.2 for minutes in dictRelease), and that
+        // is Redis's code, not the module's.
+        8 if len > 0 => v[0] = *rng.choice(&[6u8, 0, 30]).unwrap_or(&6),
         9 => {
             let at = rng.usize(0..=len);
             let n = rng.usize(1..5);

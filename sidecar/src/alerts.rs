@@ -4,7 +4,9 @@
 //!   definite answer): a human must check the provider and resolve them;
 //! - payments unresolved (`pending`) longer than the alert threshold;
 //! - configuration errors (the provider's answers say the sidecar is not
-//!   talking to it as it should), at most once per repeat interval each.
+//!   talking to it as it should), at most once per repeat interval each;
+//! - a primary whose `maxmemory-policy` may evict unresolved payments, or
+//!   that lost some anyway (the module's guard, in `INFO pay`).
 //!
 //! Each round lists the unresolved payments older than the threshold on every
 //! primary (`PAY.STUCK`), so a round that fails partway loses nothing: the
@@ -295,6 +297,25 @@ pub fn config_message(problem: &str, key: &str, repeat: Duration) -> String {
     )
 }
 
+/// The Slack message for a primary whose eviction policy may drop
+/// unresolved payments.
+pub fn eviction_message(node: &str, repeat: Duration) -> String {
+    format!(
+        ":no_entry: Redis {node}: its maxmemory-policy may evict unresolved payments (INFO pay_eviction_unsafe:1). An evicted pending payment is gone from Redis without a trace: nobody would finish it. Set `maxmemory-policy noeviction` (or a volatile-* policy) on every server. Repeated every {} while it lasts.",
+        humantime::format_duration(repeat)
+    )
+}
+
+/// How often the same count of lost payments is alerted again.
+pub const LOST_REPEAT: Duration = Duration::from_secs(86_400);
+
+/// The Slack message for a primary that lost unresolved payments.
+pub fn lost_message(node: &str, lost: u64) -> String {
+    format!(
+        ":rotating_light: Redis {node} lost {lost} unresolved payment(s) since it started (expired or evicted; INFO pay_unresolved_lost:{lost}). Each one is in that server's log as `UNRESOLVED PAYMENT LOST` with its transaction id, user and amount: ask the provider about each and settle it by hand. Repeated daily until the server restarts; at once if more are lost."
+    )
+}
+
 pub fn resolved_message(resolved: &[(String, String)]) -> String {
     let mut text = format!(
         ":white_check_mark: {} alerted payment(s) resolved",
@@ -328,11 +349,23 @@ impl Alerter {
         let mut unresolved = Vec::new();
         let mut failure = None;
         for node in primaries {
-            let listed = node
-                .connect()
-                .and_then(|mut c| store::stuck(&mut c, self.alert_after, 10_000));
+            let listed = node.connect().and_then(|mut c| {
+                // INFO that cannot be read (an ACL without +info) costs the
+                // guard's alerts, never the payments' listing.
+                let guard = store::guard(&mut c).unwrap_or_else(|e| {
+                    warn!("alerts: cannot read INFO pay on {}: {e}", node.name);
+                    None
+                });
+                Ok((store::stuck(&mut c, self.alert_after, 10_000)?, guard))
+            });
             match listed {
-                Ok(rs) => unresolved.extend(rs),
+                Ok((rs, guard)) => {
+                    unresolved.extend(rs);
+                    if let Err(e) = self.guard(&node.name, guard, now, keyed) {
+                        warn!("alerts: cannot queue {}'s guard alert: {e}", node.name);
+                        failure = Some(e);
+                    }
+                }
                 Err(e) => {
                     warn!("alerts: cannot list {}: {e}", node.name);
                     failure = Some(e);
@@ -432,6 +465,53 @@ impl Alerter {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+impl Alerter {
+    /// Alerts what a primary's guard reports: an unsafe eviction policy
+    /// (repeated while it lasts) and payments lost (at once for each new
+    /// count, then daily), deduplicated in Redis like configuration alerts.
+    fn guard(
+        &self,
+        node: &str,
+        guard: Option<store::Guard>,
+        now: i64,
+        keyed: &mut dyn ConnectionLike,
+    ) -> redis::RedisResult<()> {
+        let Some(g) = guard else { return Ok(()) };
+        let mut due = Vec::new();
+        if g.eviction_unsafe {
+            due.push((
+                format!("eviction|{node}"),
+                eviction_message(node, self.repeat),
+                self.repeat,
+            ));
+        }
+        if g.unresolved_lost > 0 {
+            due.push((
+                format!("lost|{node}|{}", g.unresolved_lost),
+                lost_message(node, g.unresolved_lost),
+                LOST_REPEAT,
+            ));
+        }
+        for (problem, text, repeat) in due {
+            let queued: i64 = invoke(
+                CONFIG_SCRIPT,
+                &[CONFIG, OUTBOX],
+                &[
+                    a(&problem),
+                    a(now),
+                    a(repeat.as_millis() as u64),
+                    a(payload(&text)),
+                ],
+                keyed,
+            )?;
+            if queued == 1 {
+                warn!("alert: {text}");
+            }
+        }
+        Ok(())
     }
 }
 

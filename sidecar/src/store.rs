@@ -180,6 +180,33 @@ pub fn alert_after(c: &mut dyn ConnectionLike) -> Option<Duration> {
     info_ms(&info, "pay_alert_after_ms")
 }
 
+/// What the module's guard reports in `INFO pay`: whether the eviction
+/// policy may drop unresolved payments, and how many were lost anyway since
+/// the server started. None from a module before these fields.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Guard {
+    pub eviction_unsafe: bool,
+    pub unresolved_lost: u64,
+}
+
+pub fn guard(c: &mut dyn ConnectionLike) -> redis::RedisResult<Option<Guard>> {
+    let info: String = redis::cmd("INFO").arg("pay").query(c)?;
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    Ok(
+        match (field("pay_eviction_unsafe"), field("pay_unresolved_lost")) {
+            (Some(e), Some(lost)) => Some(Guard {
+                eviction_unsafe: e != 0,
+                unresolved_lost: lost,
+            }),
+            _ => None,
+        },
+    )
+}
+
 fn info_ms(info: &str, field: &str) -> Option<Duration> {
     info.lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))

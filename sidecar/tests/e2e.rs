@@ -815,6 +815,53 @@ fn listed(message: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// The module's guard, told to Slack: a primary whose eviction policy may
+/// drop unresolved payments is alerted once (two sidecars, one message), and
+/// on servers that report losses (Redis 7.2+, Valkey) a pending payment
+/// evicted anyway is alerted with the way to find it.
+#[test]
+fn an_unsafe_eviction_policy_and_a_lost_payment_reach_slack_once() {
+    let s = redis();
+    let mut c = s.conn();
+    let bank = Bank::reliable();
+    let slack = Slack::start(false);
+    let extra = ["--alert-repeat", "1h"];
+    let a = start_sidecar(&s, &bank.url, Some(&slack.url), &extra);
+    let _b = start_sidecar(&s, &bank.url, Some(&slack.url), &extra);
+    config_set(&mut c, "maxmemory-policy", "allkeys-lru");
+    a.wait_for("the eviction alert", 10, || {
+        !messages_with(&slack, "maxmemory-policy may evict unresolved payments").is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        messages_with(&slack, "maxmemory-policy may evict").len(),
+        1,
+        "{:?}",
+        slack.messages()
+    );
+    let (kind, version) = server_version(&mut c);
+    if kind == "valkey" || version >= (7, 2) {
+        // Not stale for an hour: no sidecar claims it before it is evicted.
+        // (The eviction takes the sidecars' alert state with it, as it would
+        // in production: that is what the alert above is about.)
+        config_set(&mut c, "pay.stale-after-ms", 3_600_000);
+        cache(&mut c, "txn_evicted", "u", 990, "USD");
+        config_set(&mut c, "maxmemory", 1);
+        let _: redis::Value = redis::cmd("SET")
+            .arg("x")
+            .arg("y")
+            .query(&mut c)
+            .unwrap_or(redis::Value::Nil);
+        config_set(&mut c, "maxmemory", 0);
+        a.wait_for("the lost-payment alert", 10, || {
+            !messages_with(&slack, "lost 1 unresolved payment(s)").is_empty()
+        });
+        assert!(s.log().contains("UNRESOLVED PAYMENT LOST: key txn_evicted"));
+        std::thread::sleep(Duration::from_millis(1500));
+        assert_eq!(messages_with(&slack, "lost 1 unresolved").len(), 1);
+    }
+}
+
 #[test]
 fn alerts_survive_a_slack_outage_repeat_and_resolve_without_duplicates() {
     let s = redis();

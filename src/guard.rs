@@ -1,0 +1,237 @@
+//! The guard: an unresolved payment never disappears silently.
+//!
+//! Three ways Redis itself can drop a key, and what the module does:
+//!
+//! - **An expiry** set on an unresolved payment (an operator's `EXPIRE`, a
+//!   `RESTORE ... TTL`, a `COPY` or `RENAME` of a key that had one): the
+//!   keyspace event queues the key, and the primary's next timer tick (within
+//!   [`crate::sweep::MAX_TICK_MS`]) removes the expiry and replicates
+//!   `PERSIST`. Counted in `pay_expiries_removed`.
+//! - **Eviction** under an `allkeys-*` `maxmemory-policy` (the only policies
+//!   that may evict a key without an expiry): the primary reads the policy
+//!   about every second; `pay_eviction_unsafe` is 1 while it is one of those,
+//!   and the log says so once per change. pay-sidecar alerts on it.
+//! - **Lost anyway** (an expiry shorter than a tick, an eviction): on servers
+//!   with the key-event API (Redis 7.2+, Valkey) each unresolved payment that
+//!   expires or is evicted is logged at warning level with everything needed
+//!   to find it at the provider, and counted in `pay_unresolved_lost`.
+//!   pay-sidecar alerts on it.
+
+use std::ffi::{c_int, c_void, CStr};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Mutex;
+
+use redis_module::{raw, Context, RedisString};
+
+use crate::config;
+use crate::key::{payment_in, PayKey};
+use crate::record::{transaction_id, Record};
+use crate::stats;
+use crate::store::{now_ms, rm, selected_db};
+
+/// Keys (database, name) whose unresolved payment got an expiry, for the
+/// next tick. Touched on the main thread only.
+static EXPIRING: Mutex<Vec<(i32, Vec<u8>)>> = Mutex::new(Vec::new());
+
+/// Whether the eviction policy may evict unresolved payments, and when it
+/// was last read (Unix ms).
+static EVICTION_UNSAFE: AtomicBool = AtomicBool::new(false);
+static POLICY_READ_AT: AtomicI64 = AtomicI64::new(0);
+const POLICY_EVERY_MS: i64 = 1000;
+
+fn expiring() -> std::sync::MutexGuard<'static, Vec<(i32, Vec<u8>)>> {
+    EXPIRING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// 1 while the primary's `maxmemory-policy` may evict unresolved payments.
+pub fn eviction_unsafe() -> u64 {
+    u64::from(EVICTION_UNSAFE.load(Ordering::Relaxed))
+}
+
+/// A keyspace event that may have given a key an expiry (`expire`,
+/// `restore`, `copy_to`, `rename_to`, `move_to`): on a primary, queues the
+/// key if it holds an unresolved payment that now expires.
+pub fn on_expiry_event(ctx: &Context, key: &[u8]) {
+    if !crate::sweep::is_primary(ctx) {
+        return;
+    }
+    let name = RedisString::create_from_slice(ctx.ctx, key);
+    let k = PayKey::open(ctx, &name, false);
+    if let Ok(Some(p)) = k.payment() {
+        if p.rec.status.is_unresolved() && k.expires() {
+            expiring().push((selected_db(ctx), key.to_vec()));
+        }
+    }
+}
+
+/// Called by the primary's timer tick: removes the queued expiries, and
+/// reads the eviction policy about every second.
+pub fn tick(ctx: &Context) {
+    let queued = std::mem::take(&mut *expiring());
+    if !queued.is_empty() {
+        let db = selected_db(ctx);
+        for (key_db, key) in queued {
+            rm!(RedisModule_SelectDb(ctx.ctx, key_db));
+            let name = RedisString::create_from_slice(ctx.ctx, &key);
+            let k = PayKey::open(ctx, &name, true);
+            if let Ok(Some(p)) = k.payment() {
+                if p.rec.status.is_unresolved() && k.expires() {
+                    k.keep_unresolved(ctx, &name);
+                    stats::EXPIRIES_REMOVED.incr();
+                    ctx.log_notice(&format!(
+                        "redis-pay: removed the expiry of unresolved payment {} (db {key_db}): \
+                         pending and unknown payments never expire",
+                        String::from_utf8_lossy(&key)
+                    ));
+                }
+            }
+        }
+        rm!(RedisModule_SelectDb(ctx.ctx, db));
+    }
+    let now = now_ms();
+    if now.saturating_sub(POLICY_READ_AT.load(Ordering::Relaxed)) >= POLICY_EVERY_MS {
+        POLICY_READ_AT.store(now, Ordering::Relaxed);
+        read_eviction_policy(ctx);
+    }
+}
+
+/// Whether a `maxmemory-policy` may evict a key that has no expiry.
+fn evicts_any_key(policy: &str) -> bool {
+    policy.starts_with("allkeys")
+}
+
+fn read_eviction_policy(ctx: &Context) {
+    let info = rm!(RedisModule_GetServerInfo(ctx.ctx, c"memory".as_ptr()));
+    if info.is_null() {
+        return;
+    }
+    let field = rm!(RedisModule_ServerInfoGetFieldC(
+        info,
+        c"maxmemory_policy".as_ptr()
+    ));
+    let policy = if field.is_null() {
+        String::new()
+    } else {
+        // SAFETY: a NUL-terminated string owned by `info`, freed below, after
+        // this copy.
+        unsafe { CStr::from_ptr(field) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    rm!(RedisModule_FreeServerInfo(ctx.ctx, info));
+    let unsafe_now = evicts_any_key(&policy);
+    if EVICTION_UNSAFE.swap(unsafe_now, Ordering::Relaxed) != unsafe_now {
+        if unsafe_now {
+            ctx.log_warning(&format!(
+                "redis-pay: maxmemory-policy {policy} may evict unresolved payments, \
+                 which never expire: use noeviction or a volatile-* policy"
+            ));
+        } else {
+            ctx.log_notice(&format!(
+                "redis-pay: maxmemory-policy {policy} keeps unresolved payments"
+            ));
+        }
+    }
+}
+
+/// Subscribes to the key events of Redis 7.2+ and Valkey (a key expired or
+/// evicted, with its value still readable). Older servers lack them: the
+/// expiry and the policy are still guarded, a loss is not reported.
+pub fn subscribe(ctx: &Context) {
+    let event = raw::RedisModuleEvent {
+        id: raw::REDISMODULE_EVENT_KEY,
+        dataver: 1,
+    };
+    let ok = rm!(RedisModule_SubscribeToServerEvent(
+        ctx.ctx,
+        event,
+        Some(on_key_event)
+    )) == raw::REDISMODULE_OK as c_int;
+    if !ok {
+        ctx.log_notice(
+            "redis-pay: no key events on this server: an unresolved payment \
+             lost to eviction is not reported (the eviction policy still is)",
+        );
+    }
+}
+
+unsafe extern "C" fn on_key_event(
+    ctx: *mut raw::RedisModuleCtx,
+    _eid: raw::RedisModuleEvent,
+    subevent: u64,
+    data: *mut c_void,
+) {
+    let how = match subevent {
+        raw::REDISMODULE_SUBEVENT_KEY_EXPIRED => "expired",
+        raw::REDISMODULE_SUBEVENT_KEY_EVICTED => "was evicted",
+        _ => return,
+    };
+    if data.is_null() {
+        return;
+    }
+    // SAFETY: Redis passes a RedisModuleKeyInfo (version 1) with this event;
+    // its key is open, read-only, for the duration of the callback.
+    let info = unsafe { &*data.cast::<raw::RedisModuleKeyInfoV1>() };
+    let Ok(Some(p)) = payment_in(info.key) else {
+        return;
+    };
+    if p.rec.status.is_terminal() {
+        return;
+    }
+    stats::UNRESOLVED_LOST.incr();
+    let ctx = Context::new(ctx);
+    ctx.log_warning(&lost_line(&p.rec, how));
+}
+
+/// The log line of a lost payment: what an operator needs to find it at the
+/// provider and settle it by hand.
+fn lost_line(r: &Record, how: &str) -> String {
+    let t = r.fields();
+    let id = transaction_id(t.identity(), config::key_prefix().as_bytes());
+    format!(
+        "redis-pay: UNRESOLVED PAYMENT LOST: key {} {how}; transaction_id {} user_id {} \
+         amount {} {} status {} created_at {} attempts {}",
+        String::from_utf8_lossy(t.key),
+        String::from_utf8_lossy(id),
+        t.user_id,
+        r.amount,
+        r.currency_str(),
+        r.status,
+        r.created_at,
+        r.attempts,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_allkeys_policies_may_evict_keys_without_expiry() {
+        for p in ["allkeys-lru", "allkeys-lfu", "allkeys-random"] {
+            assert!(evicts_any_key(p), "{p}");
+        }
+        for p in [
+            "noeviction",
+            "volatile-lru",
+            "volatile-lfu",
+            "volatile-random",
+            "volatile-ttl",
+            "",
+        ] {
+            assert!(!evicts_any_key(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn a_lost_payment_is_logged_with_what_finds_it_at_the_provider() {
+        let mut r = Record::new(b"txn_9", "u1", 1250, *b"EUR", 7, 60);
+        r.set_key(b"moved");
+        let line = lost_line(&r, "was evicted");
+        assert!(line.contains("key moved was evicted"), "{line}");
+        assert!(
+            line.contains("transaction_id txn_9 user_id u1 amount 1250 EUR status pending"),
+            "{line}"
+        );
+    }
+}
