@@ -11,7 +11,9 @@
 //! - the Redis glue: `commands` (one function per command), `store` (the data
 //!   type and its callbacks, the index it feeds, FFI helpers), `events` (server
 //!   and keyspace events), `key` (`PayKey` and the write path: write,
-//!   replicate, notify), `sweep` (the timer), `stats` (INFO), `acl`;
+//!   replicate, notify), `sweep` (the timer), `stats` (INFO), `acl`,
+//!   `cmdinfo` (each command's arity and key spec: what ACL key
+//!   permissions it needs);
 //! - `config`: every tunable.
 //!
 //! Every module is private: the crate is a cdylib, and Redis reaches it only
@@ -19,6 +21,7 @@
 
 mod acl;
 mod args;
+mod cmdinfo;
 mod codec;
 mod commands;
 mod config;
@@ -141,6 +144,9 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
 fn setup(ctx: &Context, args: &[RedisString]) -> Result<(), String> {
     store::check_api()?;
     register_load(ctx)?;
+    // Every command is registered by now: PAY.CHECK reads, PAY.CACHE reads
+    // and inserts, ... (legacy key positions ask for read and write).
+    cmdinfo::declare(ctx);
     let args: Vec<&[u8]> = args.iter().map(RedisString::as_slice).collect();
     let start = config::start_values(&args)?;
     *config::key_prefix() = start.key_prefix.clone();
