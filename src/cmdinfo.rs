@@ -230,4 +230,19 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn every_registered_command_has_its_info_and_keys_agree() {
+        let registered = crate::COMMANDS
+            .iter()
+            .map(|c| (c.name, c.keyed))
+            .chain([(c"PAY.LOAD", true)]);
+        let mut n = 0;
+        for (name, keyed) in registered {
+            let spec = SPECS.iter().find(|s| s.name == name);
+            assert_eq!(spec.map(|s| s.key.is_some()), Some(keyed), "{name:?}");
+            n += 1;
+        }
+        assert_eq!(n, SPECS.len());
+    }
 }
