@@ -8,6 +8,9 @@
 //! whole command, not the key alone, keeps ACL selectors honest: a selector
 //! that grants a key pattern for other commands grants nothing here. A tenant
 //! limited to `~tenantA:*` never sees or leases another tenant's payments.
+//! Which key permission each check needs follows from the stand-in
+//! command's key spec (`cmdinfo.rs`): read for PAY.CHECK, so a `%R~` user
+//! sees its payments listed; read and write for PAY.UPDATE.
 
 use std::ffi::c_int;
 use std::ptr::NonNull;

@@ -10,6 +10,7 @@ use redis_module::{raw, Context, ContextFlags, RedisError, RedisResult, RedisStr
 
 use crate::acl::{Access, Caller};
 use crate::args::{self, StuckArgs};
+use crate::call::{ArgString, Args};
 use crate::codec;
 use crate::config;
 use crate::error::PayError;
@@ -23,11 +24,6 @@ use crate::store::{self, index, now_ms, rm, selected_db, Payment};
 fn fail(e: PayError) -> RedisError {
     stats::ERRORS.incr();
     RedisError::String(e.to_string())
-}
-
-/// The arguments after the command name, as bytes.
-fn argv(args: &[RedisString]) -> Vec<&[u8]> {
-    args.iter().skip(1).map(RedisString::as_slice).collect()
 }
 
 /// More arguments than any well-formed PAY.* call has (PAY.UPDATE with every
@@ -46,8 +42,8 @@ struct Argv<'a> {
 impl<'a> Argv<'a> {
     // Inlined: built in the caller's frame, not copied into it.
     #[inline(always)]
-    fn of(args: &'a [RedisString]) -> Argv<'a> {
-        let rest = args.get(1..).unwrap_or_default();
+    fn of(args: &Args<'a>) -> Argv<'a> {
+        let rest = args.after_name();
         let mut argv = Argv {
             inline: [&[]; INLINE_ARGS],
             len: rest.len(),
@@ -55,10 +51,10 @@ impl<'a> Argv<'a> {
         };
         if rest.len() <= INLINE_ARGS {
             for (slot, arg) in argv.inline.iter_mut().zip(rest) {
-                *slot = arg.as_slice();
+                *slot = arg;
             }
         } else {
-            argv.heap = rest.iter().map(RedisString::as_slice).collect();
+            argv.heap = rest.collect();
         }
         argv
     }
@@ -68,16 +64,16 @@ impl<'a> Argv<'a> {
     }
 }
 
-fn key_arg(args: &[RedisString]) -> Result<&RedisString, RedisError> {
-    args.get(1).ok_or_else(|| fail(PayError::Arity("PAY")))
+fn key_arg<'a>(args: &Args<'a>) -> Result<ArgString<'a>, RedisError> {
+    args.string(1).ok_or_else(|| fail(PayError::Arity("PAY")))
 }
 
 /// `PAY.CACHE key user_id amount currency [TTL seconds] [BRIEF]`
-pub fn cache(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    let argv = Argv::of(&args);
+pub fn cache(ctx: &Context, args: &Args<'_>) -> RedisResult {
+    let argv = Argv::of(args);
     let a = args::parse_cache(argv.get()).map_err(fail)?;
-    let name = key_arg(&args)?;
-    let key = PayKey::open(ctx, name, true);
+    let name = key_arg(args)?;
+    let key = PayKey::open(ctx, &name, true);
     match key.payment().map_err(fail)? {
         Some(p) => match p.rec.check_same_terms(a.user_id, a.amount, a.currency) {
             Ok(()) => {
@@ -106,17 +102,18 @@ pub fn cache(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             stats::CREATED.incr();
             reply_cached(ctx, &p.rec, "created", a.brief);
             // Last: after the event, another module may have changed the key.
-            replicate_and_notify(ctx, key, name, None, c"pay.cache");
+            replicate_and_notify(ctx, key, &name, None, c"pay.cache");
             Ok(RedisValue::NoReply)
         }
     }
 }
 
 /// `PAY.CHECK key [JSON]`
-pub fn check(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    let argv = Argv::of(&args);
+pub fn check(ctx: &Context, args: &Args<'_>) -> RedisResult {
+    let argv = Argv::of(args);
     let a = args::parse_check(argv.get()).map_err(fail)?;
-    let key = PayKey::open(ctx, key_arg(&args)?, false);
+    let name = key_arg(args)?;
+    let key = PayKey::open(ctx, &name, false);
     match key.payment().map_err(fail)? {
         None => Ok(RedisValue::Null),
         Some(p) if a.json => {
@@ -131,11 +128,11 @@ pub fn check(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 }
 
 /// `PAY.UPDATE key status [REASON text] [REF ref] [RETRY ms] [FENCE n]`
-pub fn update(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    let argv = Argv::of(&args);
+pub fn update(ctx: &Context, args: &Args<'_>) -> RedisResult {
+    let argv = Argv::of(args);
     let a = args::parse_update(argv.get()).map_err(fail)?;
-    let name = key_arg(&args)?;
-    let key = PayKey::open(ctx, name, true);
+    let name = key_arg(args)?;
+    let key = PayKey::open(ctx, &name, true);
     let Some(p) = key.payment().map_err(fail)? else {
         return Err(fail(PayError::NoPayment));
     };
@@ -157,13 +154,13 @@ pub fn update(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         .then(|| now.saturating_add(i64::from(p.rec.ttl_secs()).saturating_mul(1000)));
     match expire_at {
         Some(at) => key.expire_at(at),
-        None => key.keep_unresolved(ctx, name),
+        None => key.keep_unresolved(ctx, &name),
     }
     index().change(p.member, before, p.facts(), p.handle());
     stats::UPDATES.incr();
     reply_record(ctx, &p.rec, None);
     // Last: after the event, another module may have changed the key.
-    replicate_and_notify(ctx, key, name, expire_at, c"pay.update");
+    replicate_and_notify(ctx, key, &name, expire_at, c"pay.update");
     Ok(RedisValue::NoReply)
 }
 
@@ -184,8 +181,8 @@ fn created_by(now: i64, older: i64) -> i64 {
 /// unknown, leased or not) created at least OLDER ms ago, oldest first; equal
 /// ages are ordered by key, so the primary, its replicas and a restarted
 /// server list the same. Only keys the caller may read are listed.
-pub fn stuck(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    let argv = Argv::of(&args);
+pub fn stuck(ctx: &Context, args: &Args<'_>) -> RedisResult {
+    let argv = Argv::of(args);
     let a: StuckArgs = args::parse_stuck(argv.get()).map_err(fail)?;
     let caller = Caller::of(ctx).map_err(fail)?;
     let older = a.older_ms.unwrap_or_else(|| config::STALE_AFTER_MS.get());
@@ -247,8 +244,8 @@ pub fn stuck(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 /// counting an attempt on each, in one atomic step. Held records are kept
 /// apart by the index, so this costs O(log N + k) however many are leased.
 /// Only keys the caller may write are leased.
-pub fn claim(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    let argv = Argv::of(&args);
+pub fn claim(ctx: &Context, args: &Args<'_>) -> RedisResult {
+    let argv = Argv::of(args);
     let a = args::parse_claim(argv.get()).map_err(fail)?;
     let caller = Caller::of(ctx).map_err(fail)?;
     let now = now_ms();
@@ -324,18 +321,18 @@ pub fn claim(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 /// loaded may run it, never a client (nor its MULTI, script or function).
 /// The key is taken as it is: whatever name Redis let the record live
 /// under (RENAME, COPY, RESTORE) travels unchanged.
-pub fn load(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+pub fn load(ctx: &Context, args: &Args<'_>) -> RedisResult {
     let flags = ctx.get_flags();
     if !flags.intersects(ContextFlags::REPLICATED | ContextFlags::LOADING) {
         return Err(fail(PayError::arg(
             "PAY.LOAD is internal: only replication and AOF loading may run it",
         )));
     }
-    let argv = argv(&args);
-    let a = args::parse_load(&argv).map_err(fail)?;
+    let argv = Argv::of(args);
+    let a = args::parse_load(argv.get()).map_err(fail)?;
     let rec = codec::decode(a.key, a.blob).map_err(|e| fail(PayError::arg(e.to_string())))?;
-    let name = key_arg(&args)?;
-    let key = PayKey::open(ctx, name, true);
+    let name = key_arg(args)?;
+    let key = PayKey::open(ctx, &name, true);
     match key.payment().map_err(fail)? {
         Some(p) => {
             // In place: the key keeps its TTL unless PXAT says otherwise.
@@ -355,7 +352,7 @@ pub fn load(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     // Closed before the event: a handler may delete the key, and closing a
     // key whose value is gone reads freed memory (Valkey reads its type).
     drop(key);
-    key::notify(ctx, c"pay.load", name);
+    key::notify(ctx, c"pay.load", &name);
     stats::LOADS.incr();
     Ok(RedisValue::SimpleStringStatic("OK"))
 }

@@ -13,7 +13,9 @@
 //!   and keyspace events), `key` (`PayKey` and the write path: write,
 //!   replicate, notify), `sweep` (the timer), `guard` (no unresolved payment
 //!   disappears silently: expiries removed, losses and unsafe eviction
-//!   policies reported), `stats` (INFO), `acl`;
+//!   policies reported), `stats` (INFO), `acl`, `cmdinfo` (each command's
+//!   arity and key spec: what ACL key permissions it needs), `call` (the
+//!   arguments Redis lends a command);
 //! - `config`: every tunable.
 //!
 //! Every module is private: the crate is a cdylib, and Redis reaches it only
@@ -21,6 +23,8 @@
 
 mod acl;
 mod args;
+mod call;
+mod cmdinfo;
 mod codec;
 mod commands;
 mod config;
@@ -36,8 +40,9 @@ mod stats;
 mod store;
 mod sweep;
 
-use std::ffi::c_int;
+use std::ffi::{c_int, CStr};
 
+use call::Args;
 use redis_module::configuration::{
     register_i64_configuration, register_string_configuration, ConfigurationFlags,
 };
@@ -59,42 +64,170 @@ type ModuleAllocator = std::alloc::System;
 #[cfg(test)]
 const MODULE_ALLOCATOR: ModuleAllocator = std::alloc::System;
 
-/// PAY.CACHE key user_id amount currency [TTL seconds]
-fn pay_cache(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    commands::cache(ctx, args)
-}
+/// How Redis calls a command handler.
+type Handler = unsafe extern "C" fn(
+    *mut raw::RedisModuleCtx,
+    *mut *mut raw::RedisModuleString,
+    c_int,
+) -> c_int;
 
-/// PAY.CHECK key [JSON]
-fn pay_check(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    commands::check(ctx, args)
-}
-
-/// PAY.UPDATE key status [REASON text] [REF provider_ref] [RETRY ms] [FENCE n]
-fn pay_update(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    commands::update(ctx, args)
-}
-
-/// PAY.STUCK [OLDER ms] [COUNT n]
-fn pay_stuck(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    commands::stuck(ctx, args)
-}
-
-/// PAY.CLAIM consumer LEASE ms [OLDER ms] [COUNT n]
-fn pay_claim(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    commands::claim(ctx, args)
-}
-
-/// PAY.LOAD key blob [PXAT unix-ms] (internal: replication and AOF).
-/// Registered in [`setup`], not in the table below: where the server has the
-/// `internal` command flag (Redis 8.0+) ordinary clients do not even see it.
-extern "C" fn pay_load(
+/// Runs a command with the arguments Redis lends it for the call (see
+/// `call`), then sends its reply.
+#[inline(always)]
+fn run(
     ctx: *mut raw::RedisModuleCtx,
     argv: *mut *mut raw::RedisModuleString,
     argc: c_int,
+    command: fn(&Context, &Args<'_>) -> RedisResult,
 ) -> c_int {
     let context = Context::new(ctx);
-    let args = redis_module::decode_args(ctx, argv, argc);
-    context.reply(commands::load(&context, args)) as c_int
+    // SAFETY: Redis passes a handler `argc` strings that stay alive and
+    // unchanged until it returns; `args` and everything borrowed from it
+    // are gone by then (the command returns owned values only).
+    let args = unsafe { Args::from_raw(ctx, argv, argc) };
+    context.reply(command(&context, &args)) as c_int
+}
+
+/// A command handler: `run` with the command's function.
+macro_rules! handler {
+    ($(#[$doc:meta])* $name:ident => $command:path) => {
+        $(#[$doc])*
+        extern "C" fn $name(
+            ctx: *mut raw::RedisModuleCtx,
+            argv: *mut *mut raw::RedisModuleString,
+            argc: c_int,
+        ) -> c_int {
+            run(ctx, argv, argc, $command)
+        }
+    };
+}
+
+handler! {
+    /// PAY.CACHE key user_id amount currency [TTL seconds] [BRIEF]
+    pay_cache => commands::cache
+}
+
+handler! {
+    /// PAY.CHECK key [JSON]
+    pay_check => commands::check
+}
+
+handler! {
+    /// PAY.UPDATE key status [REASON text] [REF provider_ref] [RETRY ms] [FENCE n]
+    pay_update => commands::update
+}
+
+handler! {
+    /// PAY.STUCK [OLDER ms] [COUNT n]
+    pay_stuck => commands::stuck
+}
+
+handler! {
+    /// PAY.CLAIM consumer LEASE ms [OLDER ms] [COUNT n]
+    pay_claim => commands::claim
+}
+
+handler! {
+    /// PAY.LOAD key blob [PXAT unix-ms] (internal: replication and AOF).
+    /// Registered apart ([`register_load`]): where the server has the
+    /// `internal` command flag (Redis 8.0+) ordinary clients do not even
+    /// see it.
+    pay_load => commands::load
+}
+
+/// An application command: its name, handler, flags, and whether argument
+/// 1 is its key. Arity and key specs: `cmdinfo`.
+struct Command {
+    name: &'static CStr,
+    handler: Handler,
+    flags: &'static CStr,
+    keyed: bool,
+}
+
+/// The application commands. On servers with the Redis 7.4 module ACL API
+/// they join @pay (`ACL SETUSER app +@pay`); PAY.LOAD, which writes whole
+/// records, stays out of it.
+const COMMANDS: [Command; 5] = [
+    Command {
+        name: c"PAY.CACHE",
+        handler: pay_cache,
+        flags: c"write deny-oom fast",
+        keyed: true,
+    },
+    Command {
+        name: c"PAY.CHECK",
+        handler: pay_check,
+        flags: c"readonly fast",
+        keyed: true,
+    },
+    Command {
+        name: c"PAY.UPDATE",
+        handler: pay_update,
+        flags: c"write fast",
+        keyed: true,
+    },
+    Command {
+        name: c"PAY.STUCK",
+        handler: pay_stuck,
+        flags: c"readonly",
+        keyed: false,
+    },
+    Command {
+        name: c"PAY.CLAIM",
+        handler: pay_claim,
+        flags: c"write deny-oom",
+        keyed: false,
+    },
+];
+
+/// Registers [`COMMANDS`] with their own handlers (redis-module's
+/// `commands:` table would hand each call a vector of retained strings).
+fn register_commands(ctx: &Context) -> Result<(), String> {
+    // SAFETY: by-value reads of the API table Redis filled in at init.
+    let (create, get_command, set_categories) = unsafe {
+        (
+            raw::RedisModule_CreateCommand,
+            raw::RedisModule_GetCommand,
+            raw::RedisModule_SetCommandACLCategories,
+        )
+    };
+    let create = create.ok_or("no RedisModule_CreateCommand")?;
+    for cmd in &COMMANDS {
+        let name = cmd.name.to_str().unwrap_or_default();
+        let key = c_int::from(cmd.keyed);
+        // SAFETY: called during OnLoad with our context; the name, flags and
+        // handler live for the whole program.
+        let status = unsafe {
+            create(
+                ctx.ctx,
+                cmd.name.as_ptr(),
+                Some(cmd.handler),
+                cmd.flags.as_ptr(),
+                key,
+                key,
+                key,
+            )
+        };
+        if status != raw::REDISMODULE_OK as c_int {
+            return Err(format!("cannot register {name}"));
+        }
+        let (Some(get_command), Some(set_categories)) = (get_command, set_categories) else {
+            continue;
+        };
+        // SAFETY: during OnLoad, with our context and the name of the command
+        // just registered; the category name is a NUL-terminated constant.
+        let set = unsafe {
+            let command = get_command(ctx.ctx, cmd.name.as_ptr());
+            !command.is_null()
+                && set_categories(command, c"pay".as_ptr()) == raw::REDISMODULE_OK as c_int
+        };
+        if !set {
+            ctx.log_warning(&format!(
+                "redis-pay: {name} could not join the ACL category pay"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Registers PAY.LOAD, as an internal command where the server knows the
@@ -143,7 +276,11 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
 
 fn setup(ctx: &Context, args: &[RedisString]) -> Result<(), String> {
     store::check_api()?;
+    register_commands(ctx)?;
     register_load(ctx)?;
+    // Every command is registered by now: PAY.CHECK reads, PAY.CACHE reads
+    // and inserts, ... (legacy key positions ask for read and write).
+    cmdinfo::declare(ctx);
     let args: Vec<&[u8]> = args.iter().map(RedisString::as_slice).collect();
     let start = config::start_values(&args)?;
     *config::key_prefix() = start.key_prefix.clone();
@@ -221,18 +358,10 @@ redis_module! {
     version: 1,
     allocator: (ModuleAllocator, MODULE_ALLOCATOR),
     data_types: [PAY_TYPE],
-    // On servers with the Redis 7.4 module ACL API the application commands
-    // join @pay (`ACL SETUSER app +@pay`); PAY.LOAD, which writes whole
-    // records, stays out of it. Older servers skip this with a log line.
+    // The application commands' category (see COMMANDS); older servers
+    // skip it with a log line.
     acl_categories: ["pay",],
     init: init,
-    commands: [
-        ["PAY.CACHE", pay_cache, "write deny-oom fast", 1, 1, 1, "", "pay"],
-        ["PAY.CHECK", pay_check, "readonly fast", 1, 1, 1, "", "pay"],
-        ["PAY.UPDATE", pay_update, "write fast", 1, 1, 1, "", "pay"],
-        ["PAY.STUCK", pay_stuck, "readonly", 0, 0, 0, "", "pay"],
-        ["PAY.CLAIM", pay_claim, "write deny-oom", 0, 0, 0, "", "pay"],
-    ],
     event_handlers: [
         [@GENERIC: on_keyspace_event],
     ],

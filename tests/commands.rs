@@ -444,6 +444,12 @@ fn info_pay_counts_records_by_status() {
     assert_eq!(info_field(&mut c, "records_failed"), 1);
     assert_eq!(info_field(&mut c, "created"), 6);
     assert_eq!(info_field(&mut c, "updates"), 3);
+    // Errors the module answers; a wrong argument count is the server's.
     let _ = err(&mut c, redis::cmd("PAY.CACHE").arg("x"));
+    assert_eq!(info_field(&mut c, "errors"), 0);
+    let _ = err(
+        &mut c,
+        redis::cmd("PAY.CACHE").arg("x").arg("u").arg(1).arg("US"),
+    );
     assert_eq!(info_field(&mut c, "errors"), 1);
 }

@@ -324,6 +324,217 @@ fn acl_recipes_allow_what_each_user_needs_and_deny_the_rest() {
     assert_eq!(check(&mut admin, "payment:1").unwrap()["status"], "pending");
 }
 
+/// A user with every PAY.* command (named: Redis 7.0 has no @pay) and the
+/// given key permissions, e.g. `%R~payment:*`.
+fn pay_user(admin: &mut redis::Connection, user: &str, keys: &str) -> redis::Connection {
+    let mut rules = vec!["on", ">pw", "resetkeys", keys, "-@all"];
+    rules.extend([
+        "+pay.cache",
+        "+pay.check",
+        "+pay.update",
+        "+pay.stuck",
+        "+pay.claim",
+    ]);
+    acl(admin, user, &rules)
+}
+
+/// PAY.CHECK on `payment:*` keys, present and absent.
+fn reads() -> Vec<redis::Cmd> {
+    vec![
+        redis::cmd("PAY.CHECK").arg("payment:1").clone(),
+        redis::cmd("PAY.CHECK").arg("payment:1").arg("JSON").clone(),
+        redis::cmd("PAY.CHECK").arg("payment:9").clone(),
+    ]
+}
+
+/// PAY.CACHE and PAY.UPDATE on `payment:*` keys, old and new.
+fn writes() -> Vec<redis::Cmd> {
+    vec![
+        // A duplicate returns the stored record; a new key creates one.
+        redis::cmd("PAY.CACHE")
+            .arg("payment:1")
+            .arg("u")
+            .arg(1)
+            .arg("USD")
+            .clone(),
+        redis::cmd("PAY.CACHE")
+            .arg("payment:9")
+            .arg("u")
+            .arg(1)
+            .arg("USD")
+            .arg("BRIEF")
+            .clone(),
+        redis::cmd("PAY.UPDATE")
+            .arg("payment:1")
+            .arg("succeeded")
+            .clone(),
+        redis::cmd("PAY.UPDATE")
+            .arg("payment:2")
+            .arg("pending")
+            .arg("RETRY")
+            .arg(1000)
+            .clone(),
+    ]
+}
+
+fn two_payments_and_a_neighbour(admin: &mut redis::Connection) -> RawSnapshot {
+    cache(admin, "payment:1", "u", 1, "USD");
+    cache(admin, "payment:2", "u", 2, "USD");
+    cache(admin, "other:1", "u", 3, "USD");
+    raw_snapshot(admin, &[0])
+}
+
+#[test]
+fn read_only_key_permission_checks_and_lists_payments_but_changes_nothing() {
+    let s = Server::start();
+    let mut admin = s.conn();
+    let before = two_payments_and_a_neighbour(&mut admin);
+    // A support dashboard: `%R~` (read) on the payments, nothing else.
+    let mut reader = pay_user(&mut admin, "dashboard", "%R~payment:*");
+    assert_eq!(check(&mut reader, "payment:1").unwrap()["amount"], "1");
+    assert!(check(&mut reader, "payment:9").is_none());
+    let json: String = redis::cmd("PAY.CHECK")
+        .arg("payment:2")
+        .arg("JSON")
+        .query(&mut reader)
+        .unwrap();
+    assert!(json.contains(r#""transaction_id":"payment:2""#), "{json}");
+    assert_eq!(stuck_set(&mut reader), set(&["payment:1", "payment:2"]));
+    // Not another prefix, and no writes: PAY.CACHE reads and inserts,
+    // PAY.UPDATE reads and updates.
+    let mut refused = writes();
+    refused.push(redis::cmd("PAY.CHECK").arg("other:1").clone());
+    for cmd in &refused {
+        let e = err(&mut reader, cmd);
+        assert!(e.starts_with("NOPERM"), "{cmd:?}: {e}");
+    }
+    // PAY.CLAIM names no key: it leases only what the caller could
+    // PAY.UPDATE, here nothing.
+    assert!(claim(&mut reader, "dashboard", 100, 60_000).is_empty());
+    let after = raw_snapshot(&mut admin, &[0]);
+    assert_same_bytes(&before, &after, "after a read-only user's attempts");
+    assert_index_exact(&mut admin, &[0]);
+}
+
+#[test]
+fn write_only_key_permission_neither_reads_nor_creates_payments() {
+    let s = Server::start();
+    let mut admin = s.conn();
+    let before = two_payments_and_a_neighbour(&mut admin);
+    // `%W~` alone: every PAY.* command on a key returns the record (PAY.CACHE
+    // too, on a duplicate), so each needs read permission as well.
+    let mut writer = pay_user(&mut admin, "blind", "%W~payment:*");
+    for cmd in reads().iter().chain(&writes()) {
+        let e = err(&mut writer, cmd);
+        assert!(e.starts_with("NOPERM"), "{cmd:?}: {e}");
+    }
+    assert!(stuck_set(&mut writer).is_empty());
+    assert!(claim(&mut writer, "blind", 100, 60_000).is_empty());
+    let after = raw_snapshot(&mut admin, &[0]);
+    assert_same_bytes(&before, &after, "after a write-only user's attempts");
+    // Read and write (`%RW~`, which `~` also means): everything.
+    let mut app = pay_user(&mut admin, "app", "%RW~payment:*");
+    for cmd in reads().iter().chain(&writes()) {
+        let _: Value = cmd.query(&mut app).unwrap();
+    }
+    assert_eq!(stuck_set(&mut app), set(&["payment:2", "payment:9"]));
+    assert_eq!(claim(&mut app, "app", 100, 60_000).len(), 1);
+    assert_index_exact(&mut admin, &[0]);
+}
+
+/// The flags of the key specs of a COMMAND INFO entry (RESP2: each spec a
+/// flat field/value array).
+fn key_spec_flags(info: &[Value]) -> Vec<Vec<String>> {
+    let Some(Value::Array(specs)) = info.get(8) else {
+        panic!("no key specs: {info:?}")
+    };
+    specs
+        .iter()
+        .map(|spec| {
+            let Value::Array(fields) = spec else {
+                panic!("{spec:?}")
+            };
+            let at = fields
+                .iter()
+                .position(|f| matches!(f, Value::BulkString(b) if b == b"flags"))
+                .expect("flags");
+            let Some(Value::Array(flags) | Value::Set(flags)) = fields.get(at + 1) else {
+                panic!("{fields:?}")
+            };
+            flags.iter().map(text).collect()
+        })
+        .collect()
+}
+
+#[test]
+fn command_info_says_what_each_command_does_with_its_key() {
+    let s = Server::start();
+    let mut c = s.conn();
+    let internal = has_internal_command_flag(&mut c);
+    let mut commands = vec![
+        ("PAY.CACHE", -5, vec!["RW", "access", "insert"]),
+        ("PAY.CHECK", -2, vec!["RO", "access"]),
+        ("PAY.UPDATE", -3, vec!["RW", "access", "update"]),
+        ("PAY.STUCK", -1, vec![]),
+        ("PAY.CLAIM", -2, vec![]),
+    ];
+    // Where PAY.LOAD is internal (Redis 8), COMMAND does not show it.
+    if !internal {
+        commands.push(("PAY.LOAD", -3, vec!["OW", "update"]));
+    }
+    for (name, arity, flags) in commands {
+        let v: Value = redis::cmd("COMMAND")
+            .arg("INFO")
+            .arg(name)
+            .query(&mut c)
+            .unwrap();
+        let Value::Array(cmds) = v else { panic!() };
+        let Some(Value::Array(info)) = cmds.first() else {
+            panic!("{name}: {cmds:?}")
+        };
+        assert_eq!(info.get(1), Some(&Value::Int(arity)), "{name}: {info:?}");
+        let want: Vec<Vec<String>> = if flags.is_empty() {
+            vec![]
+        } else {
+            vec![flags.iter().map(|f| f.to_string()).collect()]
+        };
+        assert_eq!(key_spec_flags(info), want, "{name}");
+    }
+    // What ACL checks use: the key and its flags, per call (Redis 7.0+).
+    for (args, flags) in [
+        (&["PAY.CHECK", "k"][..], &["RO", "access"][..]),
+        (&["PAY.CHECK", "k", "JSON"], &["RO", "access"]),
+        (
+            &["PAY.CACHE", "k", "u", "1", "USD"],
+            &["RW", "access", "insert"],
+        ),
+        (&["PAY.UPDATE", "k", "failed"], &["RW", "access", "update"]),
+    ] {
+        let got: Vec<(String, Vec<String>)> = redis::cmd("COMMAND")
+            .arg("GETKEYSANDFLAGS")
+            .arg(args)
+            .query(&mut c)
+            .unwrap();
+        let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+        assert_eq!(got, [("k".to_string(), flags)], "{args:?}");
+    }
+    // The server counts the arguments itself: a transaction with a short
+    // PAY.CHECK is refused when queued, and runs nothing.
+    let _: () = redis::cmd("MULTI").query(&mut c).unwrap();
+    let _: Value = redis::cmd("PAY.CACHE")
+        .arg("queued")
+        .arg("u")
+        .arg(1)
+        .arg("USD")
+        .query(&mut c)
+        .unwrap();
+    let e = err(&mut c, &redis::cmd("PAY.CHECK"));
+    assert!(e.starts_with("ERR wrong number of arguments"), "{e}");
+    let e = err(&mut c, &redis::cmd("EXEC"));
+    assert!(e.starts_with("EXECABORT"), "{e}");
+    assert!(check(&mut c, "queued").is_none());
+}
+
 #[test]
 fn command_flags_let_redis_enforce_oom_and_keys() {
     let s = Server::start();
