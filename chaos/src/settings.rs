@@ -99,7 +99,9 @@ pub const MODULE_ARGS: &[&str] = &[
 ];
 
 /// The sidecars' timings: a short lease and timeout, a short retry schedule
-/// and few attempts, so that `unknown` happens during provider outages.
+/// and few attempts, so that `unknown` happens during provider outages. And
+/// `--wait-replicas 1`, as the README recommends with a replica: the
+/// provider is asked only about claims the replica has taken.
 pub const SIDECAR_ARGS: &[(&str, &str)] = &[
     ("--interval", "250ms"),
     ("--lease", "2s"),
@@ -107,6 +109,7 @@ pub const SIDECAR_ARGS: &[(&str, &str)] = &[
     ("--connect-timeout", "250ms"),
     ("--retry-schedule", "250ms,500ms,1s"),
     ("--max-attempts", "4"),
+    ("--wait-replicas", "1"),
     ("--unknown-interval", "5s"),
     ("--alert-after", "2s"),
     ("--alert-repeat", "5s"),
