@@ -77,10 +77,12 @@ pub struct Options {
     pub min_replicas_to_write: u8,
 
     /// What counts as "alerted" for an unknown payment: `named` (Slack saw
-    /// its key), or `counted` (named, or counted in a message's "… and N
+    /// its key: pay-sidecar names every payment that has just become
+    /// unknown), or `counted` (named, or counted in a message's "… and N
     /// more" with the sidecar's alert state marking it and the outbox
-    /// delivered). Either way the report says how many were only counted.
-    #[arg(long, env = "CHAOS_ALERTS", value_enum, default_value_t = Alerts::Counted)]
+    /// delivered; for a pay-sidecar older than that). Either way the report
+    /// says how many were only counted.
+    #[arg(long, env = "CHAOS_ALERTS", value_enum, default_value_t = Alerts::Named)]
     pub alerts: Alerts,
 
     /// How the sidecars follow failovers.
