@@ -2,7 +2,7 @@
 //! the operations, the faults injected by kind, and each invariant with its
 //! counts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::path::Path;
 
@@ -261,6 +261,18 @@ pub fn render(f: &Facts) -> String {
 
 /// Counts the sidecars' decisions from their logs (restarts append).
 pub fn sidecar_outcomes(logs: &[std::path::PathBuf]) -> BTreeMap<String, u64> {
+    let texts: Vec<String> = logs
+        .iter()
+        .map(|log| std::fs::read_to_string(log).unwrap_or_default())
+        .collect();
+    outcomes_in(texts.iter().map(String::as_str))
+}
+
+/// The decisions in the sidecars' log texts. A payment's first `unknown`
+/// is where it became unknown; its later ones are asks about an unknown
+/// payment (its attempts alone cannot say: a claim no replica took, with
+/// `--wait-replicas`, counts an attempt without asking the provider).
+fn outcomes_in<'t>(texts: impl Iterator<Item = &'t str>) -> BTreeMap<String, u64> {
     let patterns = [
         (" succeeded ref=", "succeeded"),
         (" failed: ", "failed"),
@@ -269,32 +281,48 @@ pub fn sidecar_outcomes(logs: &[std::path::PathBuf]) -> BTreeMap<String, u64> {
         ("another worker claimed it since", "fenced"),
         ("resolved elsewhere meanwhile", "resolved elsewhere"),
         ("lease too short to send it", "abandoned"),
+        ("left for a later claim", "claim not on a replica, left"),
     ];
-    let max_attempts: u32 = settings::SIDECAR_ARGS
-        .iter()
-        .find(|(k, _)| *k == "--max-attempts")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
     let mut counts = BTreeMap::new();
-    for log in logs {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        for line in text.lines().filter(|l| l.contains("txn=")) {
+    let mut unknown: BTreeSet<&str> = BTreeSet::new();
+    for text in texts {
+        for line in text.lines() {
+            let Some(txn) = line
+                .split_once("txn=")
+                .and_then(|(_, rest)| rest.split(' ').next())
+            else {
+                continue;
+            };
             let Some((_, name)) = patterns.iter().find(|(p, _)| line.contains(p)) else {
                 continue;
             };
-            // An unknown payment asked about again is claimed again: its
-            // attempts go past --max-attempts.
-            let attempt = line
-                .split_once("attempt=")
-                .and_then(|(_, rest)| rest.split(' ').next())
-                .and_then(|n| n.parse::<u32>().ok())
-                .unwrap_or(0);
             let name = match *name {
-                "unknown" if attempt > max_attempts => "unknown, asked again",
+                "unknown" if !unknown.insert(txn) => "unknown, asked again",
                 n => n,
             };
             *counts.entry(name.to_string()).or_default() += 1;
         }
     }
     counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::outcomes_in;
+
+    #[test]
+    fn a_payment_becomes_unknown_once_and_is_asked_again_after() {
+        let one = "\
+WARN txn=payment:t1 attempt=1 claim not on 1 replica(s) within 500ms; left for a later claim
+WARN txn=payment:t1 attempt=5 outcome unknown after 5 attempts: provider timed out; asked again in 5s
+INFO txn=payment:t2 attempt=1 succeeded ref=ch_2";
+        let two =
+            "WARN txn=payment:t1 attempt=6 outcome unknown after 6 attempts: x; asked again in 5s";
+        let counts = outcomes_in([one, two].into_iter());
+        let get = |k: &str| counts.get(k).copied().unwrap_or(0);
+        assert_eq!(get("unknown"), 1);
+        assert_eq!(get("unknown, asked again"), 1);
+        assert_eq!(get("claim not on a replica, left"), 1);
+        assert_eq!(get("succeeded"), 1);
+    }
 }

@@ -143,9 +143,14 @@ fn monitor(
 }
 
 /// Waits until no payment is pending and every unknown one has been alerted
-/// (named in Slack, or marked in the sidecar's alert state with every queued
-/// message delivered), or the limit passes.
-fn settle(sys: &System, slack: &Slack, limit: Duration) -> Result<(), String> {
+/// (named in Slack, or, when `accept_counted`, marked in the sidecar's alert
+/// state with every queued message delivered), or the limit passes.
+fn settle(
+    sys: &System,
+    slack: &Slack,
+    accept_counted: bool,
+    limit: Duration,
+) -> Result<(), String> {
     let deadline = Instant::now() + limit;
     let mut last = String::from("the system never became whole");
     while Instant::now() < deadline {
@@ -163,7 +168,7 @@ fn settle(sys: &System, slack: &Slack, limit: Duration) -> Result<(), String> {
                 .filter(|r| r["status"] == "unknown")
                 .filter(|r| {
                     let key = &r["key"];
-                    let counted = outbox == 0 && marked.contains(key);
+                    let counted = accept_counted && outbox == 0 && marked.contains(key);
                     !(named.contains(key) || counted)
                 })
                 .count();
@@ -287,6 +292,7 @@ pub fn run(opts: &Options) -> Result<bool, String> {
     let mut servers: Vec<ServerState> = Vec::new();
     let mut unsettled = None;
     let mut counted = BTreeSet::new();
+    let accept_counted = opts.alerts == settings::Alerts::Counted;
     let result: Result<(), String> = std::thread::scope(|scope| {
         scope.spawn(|| monitor(&sys, &history, &done, &watch, &stop));
         let nemesis =
@@ -309,7 +315,7 @@ pub fn run(opts: &Options) -> Result<bool, String> {
             clock::ms() as f64 / 1000.0
         );
         let settling = Instant::now();
-        if let Err(why) = settle(&sys, &slack, opts.settle_limit()) {
+        if let Err(why) = settle(&sys, &slack, accept_counted, opts.settle_limit()) {
             println!(
                 "pay-chaos: not settled after {}s: {why}",
                 opts.settle_limit().as_secs()
@@ -352,7 +358,7 @@ pub fn run(opts: &Options) -> Result<bool, String> {
         declines: &declines,
         alerted_unknown: &alerted,
         counted_unknown: &counted,
-        accept_counted: opts.alerts == settings::Alerts::Counted,
+        accept_counted,
         servers: &servers,
         deaths: &deaths,
         index_misses: &watch.misses,

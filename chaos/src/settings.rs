@@ -77,10 +77,12 @@ pub struct Options {
     pub min_replicas_to_write: u8,
 
     /// What counts as "alerted" for an unknown payment: `named` (Slack saw
-    /// its key), or `counted` (named, or counted in a message's "… and N
+    /// its key: pay-sidecar names every payment that has just become
+    /// unknown), or `counted` (named, or counted in a message's "… and N
     /// more" with the sidecar's alert state marking it and the outbox
-    /// delivered). Either way the report says how many were only counted.
-    #[arg(long, env = "CHAOS_ALERTS", value_enum, default_value_t = Alerts::Counted)]
+    /// delivered; for a pay-sidecar older than that). Either way the report
+    /// says how many were only counted.
+    #[arg(long, env = "CHAOS_ALERTS", value_enum, default_value_t = Alerts::Named)]
     pub alerts: Alerts,
 
     /// How the sidecars follow failovers.
@@ -99,7 +101,9 @@ pub const MODULE_ARGS: &[&str] = &[
 ];
 
 /// The sidecars' timings: a short lease and timeout, a short retry schedule
-/// and few attempts, so that `unknown` happens during provider outages.
+/// and few attempts, so that `unknown` happens during provider outages. And
+/// `--wait-replicas 1`, as the README recommends with a replica: the
+/// provider is asked only about claims the replica has taken.
 pub const SIDECAR_ARGS: &[(&str, &str)] = &[
     ("--interval", "250ms"),
     ("--lease", "2s"),
@@ -107,6 +111,7 @@ pub const SIDECAR_ARGS: &[(&str, &str)] = &[
     ("--connect-timeout", "250ms"),
     ("--retry-schedule", "250ms,500ms,1s"),
     ("--max-attempts", "4"),
+    ("--wait-replicas", "1"),
     ("--unknown-interval", "5s"),
     ("--alert-after", "2s"),
     ("--alert-repeat", "5s"),
