@@ -81,7 +81,7 @@ pub fn tick(ctx: &Context) {
                     ctx.log_notice(&format!(
                         "redis-pay: removed the expiry of unresolved payment {} (db {key_db}): \
                          pending and unknown payments never expire",
-                        String::from_utf8_lossy(&key)
+                        shown(&key)
                     ));
                 }
             }
@@ -191,8 +191,8 @@ fn lost_line(r: &Record, how: &str) -> String {
     format!(
         "redis-pay: UNRESOLVED PAYMENT LOST: key {} {how}; transaction_id {} user_id {} \
          amount {} {} status {} created_at {} attempts {}",
-        String::from_utf8_lossy(t.key),
-        String::from_utf8_lossy(id),
+        shown(t.key),
+        shown(id),
         t.user_id,
         r.amount,
         r.currency_str(),
@@ -200,6 +200,31 @@ fn lost_line(r: &Record, how: &str) -> String {
         r.created_at,
         r.attempts,
     )
+}
+
+/// Key bytes as a log line can carry them: text as it is, control
+/// characters and bytes that are not UTF-8 as `\xNN`. A key may hold any
+/// bytes (RENAME, COPY, RESTORE), and redis-module's logging panics on a NUL
+/// byte: a panic here would abort the server.
+fn shown(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() {
+                let mut buf = [0; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    let _ = write!(out, "\\x{b:02x}");
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -221,6 +246,16 @@ mod tests {
         ] {
             assert!(!evicts_any_key(p), "{p}");
         }
+    }
+
+    #[test]
+    fn keys_are_shown_without_bytes_a_log_line_cannot_carry() {
+        assert_eq!(shown(b"payment:txn_1"), "payment:txn_1");
+        assert_eq!(shown("caf\u{e9}".as_bytes()), "caf\u{e9}");
+        assert_eq!(shown(b"a\0b\n\xffc\x7f"), "a\\x00b\\x0a\\xffc\\x7f");
+        let mut r = Record::new(b"txn_9", "u1", 1250, *b"EUR", 7, 60);
+        r.set_key(b"held\0");
+        assert!(!lost_line(&r, "expired").contains('\0'));
     }
 
     #[test]
