@@ -208,8 +208,11 @@ unsafe extern "C" fn on_flush(
 /// An RDB file (at start, on DEBUG RELOAD, or from a primary) is listed in
 /// the index in bulk when it has loaded. An AOF replays commands, which find
 /// and change records as they go: it is indexed record by record.
+///
+/// A primary that has loaded a data set has the guard audit it: an RDB file
+/// can hold unresolved payments with an expiry no keyspace event announced.
 unsafe extern "C" fn on_loading(
-    _ctx: *mut raw::RedisModuleCtx,
+    ctx: *mut raw::RedisModuleCtx,
     _eid: raw::RedisModuleEvent,
     subevent: u64,
     _data: *mut c_void,
@@ -217,6 +220,12 @@ unsafe extern "C" fn on_loading(
     match subevent {
         raw::REDISMODULE_SUBEVENT_LOADING_RDB_START
         | raw::REDISMODULE_SUBEVENT_LOADING_REPL_START => index().begin_bulk(),
+        raw::REDISMODULE_SUBEVENT_LOADING_ENDED => {
+            index().settle();
+            if crate::sweep::is_primary(&Context::new(ctx)) {
+                crate::guard::audit_all();
+            }
+        }
         _ => index().settle(),
     }
 }
@@ -229,6 +238,9 @@ unsafe extern "C" fn on_role_change(
 ) {
     let ctx = Context::new(ctx);
     if subevent == raw::REDISMODULE_EVENT_REPLROLECHANGED_NOW_MASTER {
+        // Expiries the old primary had no time to take away came with the
+        // replication stream, which the guard does not act on.
+        crate::guard::audit_all();
         crate::sweep::start(&ctx);
     } else {
         crate::sweep::stop(&ctx);

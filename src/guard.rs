@@ -18,16 +18,18 @@
 //!   pay-sidecar alerts on it.
 
 use std::ffi::{c_int, c_void, CStr};
+use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Mutex;
 
 use redis_module::{raw, Context, RedisString};
 
 use crate::config;
+use crate::index::Age;
 use crate::key::{payment_in, PayKey};
 use crate::record::{transaction_id, Record};
 use crate::stats;
-use crate::store::{now_ms, rm, selected_db};
+use crate::store::{index, listed_key, now_ms, rm, selected_db, Payment};
 
 /// Keys (database, name) whose unresolved payment got an expiry, for the
 /// next tick. Touched on the main thread only.
@@ -64,35 +66,127 @@ pub fn on_expiry_event(ctx: &Context, key: &[u8]) {
     }
 }
 
-/// Called by the primary's timer tick: removes the queued expiries, and
-/// reads the eviction policy about every second.
-pub fn tick(ctx: &Context) {
+/// Called by the primary's timer tick: removes the queued expiries, goes on
+/// with an audit (see [`audit_all`]), and reads the eviction policy about
+/// every second. Returns whether the audit has more to do: the caller ticks
+/// again at once.
+pub fn tick(ctx: &Context) -> bool {
     let queued = std::mem::take(&mut *expiring());
+    let db = selected_db(ctx);
     if !queued.is_empty() {
-        let db = selected_db(ctx);
         for (key_db, key) in queued {
             rm!(RedisModule_SelectDb(ctx.ctx, key_db));
             let name = RedisString::create_from_slice(ctx.ctx, &key);
             let k = PayKey::open(ctx, &name, true);
             if let Ok(Some(p)) = k.payment() {
                 if p.rec.status.is_unresolved() && k.expires() {
-                    k.keep_unresolved(ctx, &name);
-                    stats::EXPIRIES_REMOVED.incr();
-                    ctx.log_notice(&format!(
-                        "redis-pay: removed the expiry of unresolved payment {} (db {key_db}): \
-                         pending and unknown payments never expire",
-                        shown(&key)
-                    ));
+                    remove_expiry(ctx, &k, &name, key_db);
                 }
             }
         }
-        rm!(RedisModule_SelectDb(ctx.ctx, db));
     }
+    let auditing = audit_step(ctx);
+    rm!(RedisModule_SelectDb(ctx.ctx, db));
     let now = now_ms();
     if now.saturating_sub(POLICY_READ_AT.load(Ordering::Relaxed)) >= POLICY_EVERY_MS {
         POLICY_READ_AT.store(now, Ordering::Relaxed);
         read_eviction_policy(ctx);
     }
+    auditing
+}
+
+/// Takes the expiry away from the unresolved payment under the open key
+/// `k`, replicated as PERSIST, counted and logged.
+fn remove_expiry(ctx: &Context, k: &PayKey, name: &RedisString, db: i32) {
+    k.keep_unresolved(ctx, name);
+    stats::EXPIRIES_REMOVED.incr();
+    ctx.log_notice(&format!(
+        "redis-pay: removed the expiry of unresolved payment {} (db {db}): \
+         pending and unknown payments never expire",
+        shown(name.as_slice())
+    ));
+}
+
+/// Where an audit of every unresolved payment stands: the database and the
+/// index position it goes on from.
+#[derive(Clone, Copy)]
+struct Audit {
+    db: Option<i32>,
+    after: Option<Age>,
+}
+
+static AUDIT: Mutex<Option<Audit>> = Mutex::new(None);
+
+/// Payments an audit looks at per tick: the event loop is not held up by a
+/// million of them at once.
+const AUDIT_BATCH: usize = 1024;
+
+fn audit() -> std::sync::MutexGuard<'static, Option<Audit>> {
+    AUDIT.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A primary that has just loaded a data set (RDB, AOF, a full sync) or
+/// been promoted holds payments whose expiries no keyspace event told it
+/// about: an RDB file saved within a tick of an operator's EXPIRE, one a
+/// module before the guard wrote, a replica whose primary died before its
+/// tick. From the next tick on, the primary looks at every unresolved
+/// payment, [`AUDIT_BATCH`] at a time, and takes such expiries away.
+pub fn audit_all() {
+    *audit() = Some(Audit {
+        db: None,
+        after: None,
+    });
+}
+
+/// One batch of the audit, if one is under way: whether more is left.
+fn audit_step(ctx: &Context) -> bool {
+    let Some(mut a) = audit().take() else {
+        return false;
+    };
+    let mut left = AUDIT_BATCH;
+    while left > 0 {
+        let db = match a.db {
+            Some(db) => db,
+            None => match index().next_unresolved_db(None) {
+                Some(db) => db,
+                None => return false,
+            },
+        };
+        a.db = Some(db);
+        let page = index().unresolved_page(db, i64::MAX, a.after, left);
+        rm!(RedisModule_SelectDb(ctx.ctx, db));
+        for entry in &page {
+            let Some(name) = listed_key(ctx, db, entry) else {
+                continue;
+            };
+            let k = PayKey::open(ctx, &name, true);
+            if let Ok(Some(p)) = k.payment() {
+                if ptr::eq(p, entry.handle as *const Payment)
+                    && p.rec.status.is_unresolved()
+                    && k.expires()
+                {
+                    remove_expiry(ctx, &k, &name, db);
+                }
+            }
+        }
+        if page.len() < left {
+            // This database is done: on to the next one, if any.
+            match index().next_unresolved_db(Some(db)) {
+                Some(next) => {
+                    a = Audit {
+                        db: Some(next),
+                        after: None,
+                    }
+                }
+                None => return false,
+            }
+        } else {
+            a.after = page.last().map(|e| e.position());
+        }
+        left -= page.len();
+    }
+    *audit() = Some(a);
+    true
 }
 
 /// Whether a `maxmemory-policy` may evict a key that has no expiry.
