@@ -217,16 +217,24 @@ unsafe extern "C" fn on_loading(
     subevent: u64,
     _data: *mut c_void,
 ) {
+    let primary = crate::sweep::is_primary(&Context::new(ctx));
     match subevent {
-        raw::REDISMODULE_SUBEVENT_LOADING_RDB_START
-        | raw::REDISMODULE_SUBEVENT_LOADING_REPL_START => index().begin_bulk(),
+        raw::REDISMODULE_SUBEVENT_LOADING_RDB_START => {
+            crate::guard::rdb_loading(primary);
+            index().begin_bulk();
+        }
+        raw::REDISMODULE_SUBEVENT_LOADING_REPL_START => index().begin_bulk(),
         raw::REDISMODULE_SUBEVENT_LOADING_ENDED => {
+            crate::guard::rdb_loading(false);
             index().settle();
-            if crate::sweep::is_primary(&Context::new(ctx)) {
+            if primary {
                 crate::guard::audit_all();
             }
         }
-        _ => index().settle(),
+        _ => {
+            crate::guard::rdb_loading(false);
+            index().settle();
+        }
     }
 }
 

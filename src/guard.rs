@@ -20,9 +20,10 @@
 use std::ffi::{c_int, c_void, CStr};
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
+use std::thread::ThreadId;
 
-use redis_module::{raw, Context, RedisString};
+use redis_module::{logging, raw, Context, RedisString};
 
 use crate::config;
 use crate::index::Age;
@@ -275,6 +276,39 @@ unsafe extern "C" fn on_key_event(
     stats::UNRESOLVED_LOST.incr();
     let ctx = Context::new(ctx);
     ctx.log_warning(&lost_line(&p.rec, how));
+}
+
+/// Whether an RDB file is loading on a primary: Redis drops, as it reads
+/// them, the keys whose expiry passed while the server was down, with no key
+/// event; the module sees only its value freed.
+static LOADING_RDB_ON_PRIMARY: AtomicBool = AtomicBool::new(false);
+
+/// The thread Redis runs commands and loads on (the lazy-free thread frees
+/// values too).
+static MAIN_THREAD: OnceLock<ThreadId> = OnceLock::new();
+
+/// Called once, on the main thread, as the module loads.
+pub fn note_main_thread() {
+    let _ = MAIN_THREAD.set(std::thread::current().id());
+}
+
+/// An RDB load starts (`on_primary`: where Redis drops expired keys) or
+/// ends.
+pub fn rdb_loading(on_primary: bool) {
+    LOADING_RDB_ON_PRIMARY.store(on_primary, Ordering::Relaxed);
+}
+
+/// A payment's value is freed: while a primary loads an RDB file, on the
+/// main thread, that is Redis dropping a key that expired while the server
+/// was down. An unresolved one is a loss, reported like any other.
+pub fn on_free(r: &Record) {
+    if r.status.is_unresolved()
+        && LOADING_RDB_ON_PRIMARY.load(Ordering::Relaxed)
+        && MAIN_THREAD.get() == Some(&std::thread::current().id())
+    {
+        stats::UNRESOLVED_LOST.incr();
+        logging::log_warning(lost_line(r, "expired while the server was down"));
+    }
 }
 
 /// The log line of a lost payment: what an operator needs to find it at the
