@@ -36,10 +36,22 @@ pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[
                 }
             }
         }
-        "rename_to" | "move_to" => {
+        // Any key's RENAME or MOVE: looked at only where payments live. The
+        // index lists the payment where it was (for MOVE, the source
+        // database, noted at `move_from`) until this handler moves it.
+        "rename_to" | "move_to"
+            if index().holds_records(
+                if event == "move_to" {
+                    SOURCE_DB.load(Ordering::Relaxed)
+                } else {
+                    selected_db(ctx)
+                },
+                false,
+            ) =>
+        {
             let name = RedisString::create_from_slice(ctx.ctx, key);
             let db = selected_db(ctx);
-            let k = PayKey::open(ctx, &name, false);
+            let k = PayKey::peek(ctx, &name);
             if let Ok(Some(p)) = k.payment() {
                 p.rec.set_key(key);
                 let f = p.facts();

@@ -55,11 +55,13 @@ pub fn eviction_unsafe() -> u64 {
 /// `restore`, `copy_to`, `rename_to`, `move_to`): on a primary, queues the
 /// key if it holds an unresolved payment that now expires.
 pub fn on_expiry_event(ctx: &Context, key: &[u8]) {
-    if !crate::sweep::is_primary(ctx) {
+    // Every SET ... EX of a cache comes here: most servers' keys are no
+    // unresolved payment, and most databases hold none.
+    if !index().holds_records(selected_db(ctx), true) || !crate::sweep::is_primary(ctx) {
         return;
     }
     let name = RedisString::create_from_slice(ctx.ctx, key);
-    let k = PayKey::open(ctx, &name, false);
+    let k = PayKey::peek(ctx, &name);
     if let Ok(Some(p)) = k.payment() {
         if p.rec.status.is_unresolved() && k.expires() {
             expiring().push((selected_db(ctx), key.to_vec()));

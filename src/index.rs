@@ -466,6 +466,20 @@ impl Index {
         out
     }
 
+    /// Whether database `db` holds any record (`unresolved`: any pending or
+    /// unknown one).
+    pub fn holds_records(&self, db: i32, unresolved: bool) -> bool {
+        let Some(s) = self
+            .db_slot
+            .get(&db)
+            .and_then(|&i| self.slots.get(i as usize))
+        else {
+            return false;
+        };
+        let c = slot_counts(s);
+        c.pending + c.unknown > 0 || (!unresolved && c.succeeded + c.failed > 0)
+    }
+
     /// The lowest database after `after` (or the lowest of all) that holds
     /// unresolved records.
     pub fn next_unresolved_db(&mut self, after: Option<i32>) -> Option<i32> {
@@ -551,6 +565,22 @@ mod tests {
             .into_iter()
             .map(|p| name(p.handle))
             .collect()
+    }
+
+    #[test]
+    fn holds_records_tells_databases_with_records_apart() {
+        let mut ix = Index::new();
+        let done = Facts {
+            status: Status::Failed,
+            ..pending(10)
+        };
+        ix.admit(1, h(b"b"), done);
+        let m = ix.admit(2, h(b"c"), pending(10));
+        assert!(!ix.holds_records(0, false));
+        assert!(ix.holds_records(1, false) && !ix.holds_records(1, true));
+        assert!(ix.holds_records(2, true));
+        ix.release(m, pending(10), h(b"c"));
+        assert!(!ix.holds_records(2, false));
     }
 
     #[test]
