@@ -490,7 +490,8 @@ impl Alerter {
         }
         if g.unresolved_lost > 0 {
             due.push((
-                format!("lost|{node}|{}", g.unresolved_lost),
+                // The count starts again at each restart: the run names it.
+                format!("lost|{node}|{}|{}", g.run_id, g.unresolved_lost),
                 lost_message(node, g.unresolved_lost),
                 LOST_REPEAT,
             ));
@@ -851,7 +852,7 @@ mod tests {
         let problem = |info: &'static [u8]| {
             let mut node = FakeConnection::new(&[info]);
             let guard = store::guard(&mut node).unwrap();
-            assert_eq!(guard.map(|g| g.unresolved_lost), Some(1));
+            assert_eq!(guard.as_ref().map(|g| g.unresolved_lost), Some(1));
             let mut keyed = FakeConnection::new(&[b":1\r\n"]);
             alerter
                 .guard("10.0.0.7:6379", guard, 0, &mut keyed)
