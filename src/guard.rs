@@ -162,12 +162,17 @@ fn audit_step(ctx: &Context) -> bool {
             let Some(name) = listed_key(ctx, db, entry) else {
                 continue;
             };
-            let k = PayKey::open(ctx, &name, true);
-            if let Ok(Some(p)) = k.payment() {
-                if ptr::eq(p, entry.handle as *const Payment)
-                    && p.rec.status.is_unresolved()
+            // Looked at without side effects; opened for writing only to
+            // take an expiry away.
+            let expires = {
+                let k = PayKey::peek(ctx, &name);
+                matches!(k.payment(), Ok(Some(p)) if ptr::eq(p, entry.handle as *const Payment)
+                    && p.rec.status.is_unresolved())
                     && k.expires()
-                {
+            };
+            if expires {
+                let k = PayKey::open(ctx, &name, true);
+                if matches!(k.payment(), Ok(Some(p)) if p.rec.status.is_unresolved()) {
                     remove_expiry(ctx, &k, &name, db);
                 }
             }
