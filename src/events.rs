@@ -279,4 +279,5 @@ unsafe extern "C" fn on_swapdb(
     // SAFETY: Redis passes a RedisModuleSwapDbInfo with this event.
     let info = unsafe { &*data.cast::<raw::RedisModuleSwapDbInfoV1>() };
     index().swap_db(info.dbnum_first, info.dbnum_second);
+    crate::guard::swap_db(info.dbnum_first, info.dbnum_second);
 }

@@ -110,6 +110,24 @@ fn remove_expiry(ctx: &Context, k: &PayKey, name: &RedisString, db: i32) {
     ));
 }
 
+/// SWAPDB: the keys queued in one database are now in the other, and an
+/// audit under way starts again (its place named a database).
+pub fn swap_db(a: i32, b: i32) {
+    for (db, _) in expiring().iter_mut() {
+        if *db == a {
+            *db = b;
+        } else if *db == b {
+            *db = a;
+        }
+    }
+    if let Some(audit) = audit().as_mut() {
+        *audit = Audit {
+            db: None,
+            after: None,
+        };
+    }
+}
+
 /// Where an audit of every unresolved payment stands: the database and the
 /// index position it goes on from.
 #[derive(Clone, Copy)]

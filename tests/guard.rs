@@ -332,3 +332,24 @@ fn a_payment_under_a_key_with_a_nul_byte_never_kills_the_server() {
         );
     }
 }
+
+/// SWAPDB within a tick of an EXPIRE: the queued key is in the other
+/// database now, and its expiry is still taken away.
+#[test]
+fn an_expiry_queued_before_a_swapdb_is_taken_away_in_the_other_database() {
+    let s = Server::start();
+    let mut c = s.conn();
+    cache(&mut c, "txn_swapped", "u", 100, "EUR");
+    let _: Value = redis::pipe()
+        .cmd("PEXPIRE")
+        .arg("txn_swapped")
+        .arg(3000)
+        .cmd("SWAPDB")
+        .arg(0)
+        .arg(1)
+        .query(&mut c)
+        .unwrap();
+    select(&mut c, 1);
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(ttl_ms(&mut c, "txn_swapped"), -1);
+}
