@@ -75,6 +75,15 @@ pub fn cache(ctx: &Context, args: &Args<'_>) -> RedisResult {
     let name = key_arg(args)?;
     let key = PayKey::open(ctx, &name, true);
     match key.payment().map_err(fail)? {
+        // Created under another key and moved here (RENAME, COPY, RESTORE):
+        // another transaction, whatever its terms. Answering `duplicate`
+        // would hand this idempotency key that payment's outcome.
+        Some(p) if !p.rec.fields().origin.is_empty() => {
+            stats::MISMATCHES.incr();
+            Err(fail(PayError::Mismatch(
+                "idempotency key holds a payment created under another key and moved here".into(),
+            )))
+        }
         Some(p) => match p.rec.check_same_terms(a.user_id, a.amount, a.currency) {
             Ok(()) => {
                 stats::DUPLICATES.incr();

@@ -36,10 +36,22 @@ pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[
                 }
             }
         }
-        "rename_to" | "move_to" => {
+        // Any key's RENAME or MOVE: looked at only where payments live. The
+        // index lists the payment where it was (for MOVE, the source
+        // database, noted at `move_from`) until this handler moves it.
+        "rename_to" | "move_to"
+            if index().holds_records(
+                if event == "move_to" {
+                    SOURCE_DB.load(Ordering::Relaxed)
+                } else {
+                    selected_db(ctx)
+                },
+                false,
+            ) =>
+        {
             let name = RedisString::create_from_slice(ctx.ctx, key);
             let db = selected_db(ctx);
-            let k = PayKey::open(ctx, &name, false);
+            let k = PayKey::peek(ctx, &name);
             if let Ok(Some(p)) = k.payment() {
                 p.rec.set_key(key);
                 let f = p.facts();
@@ -208,16 +220,33 @@ unsafe extern "C" fn on_flush(
 /// An RDB file (at start, on DEBUG RELOAD, or from a primary) is listed in
 /// the index in bulk when it has loaded. An AOF replays commands, which find
 /// and change records as they go: it is indexed record by record.
+///
+/// A primary that has loaded a data set has the guard audit it: an RDB file
+/// can hold unresolved payments with an expiry no keyspace event announced.
 unsafe extern "C" fn on_loading(
-    _ctx: *mut raw::RedisModuleCtx,
+    ctx: *mut raw::RedisModuleCtx,
     _eid: raw::RedisModuleEvent,
     subevent: u64,
     _data: *mut c_void,
 ) {
+    let primary = crate::sweep::is_primary(&Context::new(ctx));
     match subevent {
-        raw::REDISMODULE_SUBEVENT_LOADING_RDB_START
-        | raw::REDISMODULE_SUBEVENT_LOADING_REPL_START => index().begin_bulk(),
-        _ => index().settle(),
+        raw::REDISMODULE_SUBEVENT_LOADING_RDB_START => {
+            crate::guard::rdb_loading(primary);
+            index().begin_bulk();
+        }
+        raw::REDISMODULE_SUBEVENT_LOADING_REPL_START => index().begin_bulk(),
+        raw::REDISMODULE_SUBEVENT_LOADING_ENDED => {
+            crate::guard::rdb_loading(false);
+            index().settle();
+            if primary {
+                crate::guard::audit_all();
+            }
+        }
+        _ => {
+            crate::guard::rdb_loading(false);
+            index().settle();
+        }
     }
 }
 
@@ -229,6 +258,9 @@ unsafe extern "C" fn on_role_change(
 ) {
     let ctx = Context::new(ctx);
     if subevent == raw::REDISMODULE_EVENT_REPLROLECHANGED_NOW_MASTER {
+        // Expiries the old primary had no time to take away came with the
+        // replication stream, which the guard does not act on.
+        crate::guard::audit_all();
         crate::sweep::start(&ctx);
     } else {
         crate::sweep::stop(&ctx);
@@ -247,4 +279,5 @@ unsafe extern "C" fn on_swapdb(
     // SAFETY: Redis passes a RedisModuleSwapDbInfo with this event.
     let info = unsafe { &*data.cast::<raw::RedisModuleSwapDbInfoV1>() };
     index().swap_db(info.dbnum_first, info.dbnum_second);
+    crate::guard::swap_db(info.dbnum_first, info.dbnum_second);
 }

@@ -466,6 +466,35 @@ impl Index {
         out
     }
 
+    /// Whether database `db` holds any record (`unresolved`: any pending or
+    /// unknown one).
+    pub fn holds_records(&self, db: i32, unresolved: bool) -> bool {
+        let Some(s) = self
+            .db_slot
+            .get(&db)
+            .and_then(|&i| self.slots.get(i as usize))
+        else {
+            return false;
+        };
+        let c = slot_counts(s);
+        c.pending + c.unknown > 0 || (!unresolved && c.succeeded + c.failed > 0)
+    }
+
+    /// The lowest database after `after` (or the lowest of all) that holds
+    /// unresolved records.
+    pub fn next_unresolved_db(&mut self, after: Option<i32>) -> Option<i32> {
+        self.settle();
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.db_slot
+            .range((lower, Bound::Unbounded))
+            .find(|(_, &slot)| {
+                self.slots.get(slot as usize).is_some_and(|s| {
+                    !(s.fresh.is_empty() && s.stale.is_empty() && s.held_age.is_empty())
+                })
+            })
+            .map(|(&db, _)| db)
+    }
+
     /// Whether `p`, listed from database `db`, is still in the index: while
     /// it is, its record is alive and unresolved.
     pub fn holds(&mut self, db: i32, p: &Pending) -> bool {
@@ -536,6 +565,42 @@ mod tests {
             .into_iter()
             .map(|p| name(p.handle))
             .collect()
+    }
+
+    #[test]
+    fn holds_records_tells_databases_with_records_apart() {
+        let mut ix = Index::new();
+        let done = Facts {
+            status: Status::Failed,
+            ..pending(10)
+        };
+        ix.admit(1, h(b"b"), done);
+        let m = ix.admit(2, h(b"c"), pending(10));
+        assert!(!ix.holds_records(0, false));
+        assert!(ix.holds_records(1, false) && !ix.holds_records(1, true));
+        assert!(ix.holds_records(2, true));
+        ix.release(m, pending(10), h(b"c"));
+        assert!(!ix.holds_records(2, false));
+    }
+
+    #[test]
+    fn next_unresolved_db_skips_databases_without_unresolved_records() {
+        let mut ix = Index::new();
+        assert_eq!(ix.next_unresolved_db(None), None);
+        ix.admit(3, h(b"a"), pending(10));
+        let done = Facts {
+            status: Status::Succeeded,
+            ..pending(10)
+        };
+        ix.admit(1, h(b"b"), done);
+        let m = ix.admit(5, h(b"c"), pending(10));
+        ix.begin_bulk();
+        ix.admit(9, h(b"d"), pending(10));
+        assert_eq!(ix.next_unresolved_db(None), Some(3));
+        assert_eq!(ix.next_unresolved_db(Some(3)), Some(5));
+        ix.release(m, pending(10), h(b"c"));
+        assert_eq!(ix.next_unresolved_db(Some(3)), Some(9), "listed in bulk");
+        assert_eq!(ix.next_unresolved_db(Some(9)), None);
     }
 
     #[test]

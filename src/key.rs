@@ -111,6 +111,18 @@ impl PayKey {
         }
     }
 
+    /// Opens `name` in the context's database to look at it from an event
+    /// raised for any key of the server: read-only and, where the server
+    /// knows the flags (Redis 7.2+, Valkey), without touching its LRU/LFU,
+    /// counting a keyspace hit or miss, or raising `keymiss`. Redis's own
+    /// statistics must not see the module look.
+    pub fn peek(ctx: &Context, name: &RedisString) -> PayKey {
+        let mode = raw::REDISMODULE_READ as c_int | peek_flags();
+        PayKey {
+            key: rm!(RedisModule_OpenKey(ctx.ctx, name.inner, mode)).cast(),
+        }
+    }
+
     /// The payment under this key: `None` if the key is empty, `WrongType` if
     /// it holds anything else.
     #[allow(clippy::mut_from_ref)]
@@ -164,6 +176,24 @@ impl PayKey {
             name.inner
         ));
     }
+}
+
+/// The open-key flags [`PayKey::peek`] passes: those of NOTOUCH, NOSTATS and
+/// NONOTIFY the server supports (Redis 7.0 knows only NOTOUCH, and ignores
+/// flags it does not know).
+fn peek_flags() -> c_int {
+    static FLAGS: std::sync::OnceLock<c_int> = std::sync::OnceLock::new();
+    *FLAGS.get_or_init(|| {
+        let wanted = (raw::REDISMODULE_OPEN_KEY_NOTOUCH
+            | raw::REDISMODULE_OPEN_KEY_NOSTATS
+            | raw::REDISMODULE_OPEN_KEY_NONOTIFY) as c_int;
+        // SAFETY: a by-value read of the table Redis filled in at init.
+        match unsafe { raw::RedisModule_GetOpenKeyModesAll } {
+            // SAFETY: takes nothing, returns a mask; main thread.
+            Some(all) => wanted & unsafe { all() },
+            None => raw::REDISMODULE_OPEN_KEY_NOTOUCH as c_int,
+        }
+    })
 }
 
 impl Drop for PayKey {

@@ -276,6 +276,7 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
 
 fn setup(ctx: &Context, args: &[RedisString]) -> Result<(), String> {
     store::check_api()?;
+    guard::note_main_thread();
     register_commands(ctx)?;
     register_load(ctx)?;
     // Every command is registered by now: PAY.CHECK reads, PAY.CACHE reads

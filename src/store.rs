@@ -404,6 +404,7 @@ unsafe extern "C" fn free(value: *mut c_void) {
     // SAFETY: Redis frees each value exactly once, and only values of this type.
     let p = unsafe { Box::from_raw(value.cast::<Payment>()) };
     index().release(p.member, p.facts(), p.handle());
+    crate::guard::on_free(&p.rec);
 }
 
 /// A record is small: Redis frees it at once, on the main thread, even for

@@ -73,7 +73,7 @@ fn tick(ctx: &Context, _: ()) {
     if !is_primary(ctx) {
         return;
     }
-    crate::guard::tick(ctx);
+    let auditing = crate::guard::tick(ctx);
     let now = now_ms();
     let interval = SWEEP_INTERVAL_MS.get();
     let due = if BACKLOG.load(Ordering::Relaxed) {
@@ -85,7 +85,7 @@ fn tick(ctx: &Context, _: ()) {
         BACKLOG.store(sweep(ctx), Ordering::Relaxed);
         LAST_SWEEP.store(now, Ordering::Relaxed);
     }
-    let next = if BACKLOG.load(Ordering::Relaxed) {
+    let next = if BACKLOG.load(Ordering::Relaxed) || auditing {
         1
     } else {
         (LAST_SWEEP.load(Ordering::Relaxed) + interval - now_ms()).clamp(1, MAX_TICK_MS)

@@ -52,6 +52,39 @@ fn duplicate_cache_returns_first_record_and_changes_nothing() {
     assert_eq!(info_field(&mut c, "duplicates"), 1);
 }
 
+/// An operator's COPY (or RENAME, or RESTORE) can leave under an
+/// application's idempotency key a payment created under another: a
+/// PAY.CACHE with the same terms must not take it for its own payment and
+/// answer `duplicate` with that payment's status ("succeeded", for an order
+/// the provider never charged).
+#[test]
+fn a_payment_moved_onto_a_key_is_not_that_keys_duplicate() {
+    let s = Server::start();
+    let mut c = s.conn();
+    cache(&mut c, "txn_1", "u1", 1000, "EUR");
+    update(&mut c, "txn_1", "succeeded");
+    let _: i64 = redis::cmd("COPY")
+        .arg("txn_1")
+        .arg("txn_2")
+        .query(&mut c)
+        .unwrap();
+    let e = err(
+        &mut c,
+        redis::cmd("PAY.CACHE")
+            .arg("txn_2")
+            .arg("u1")
+            .arg(1000)
+            .arg("EUR"),
+    );
+    assert!(e.starts_with("MISMATCH"), "{e}");
+    assert_eq!(check(&mut c, "txn_2").unwrap()["transaction_id"], "txn_1");
+    // Under the key it was created under, it is the same payment again.
+    assert_eq!(
+        cache(&mut c, "txn_1", "u1", 1000, "EUR")["outcome"],
+        "duplicate"
+    );
+}
+
 /// BRIEF: the same de-duplication, with only the outcome and the status in
 /// the reply (a map of two fields in RESP3, a flat array in RESP2).
 #[test]

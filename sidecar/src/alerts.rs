@@ -490,7 +490,8 @@ impl Alerter {
         }
         if g.unresolved_lost > 0 {
             due.push((
-                format!("lost|{node}|{}", g.unresolved_lost),
+                // The count starts again at each restart: the run names it.
+                format!("lost|{node}|{}|{}", g.run_id, g.unresolved_lost),
                 lost_message(node, g.unresolved_lost),
                 LOST_REPEAT,
             ));
@@ -837,5 +838,34 @@ mod tests {
         );
         assert!(text.contains("`payment:txn_1`"), "{text}");
         assert!(text.contains("none is failed"), "{text}");
+    }
+
+    /// `pay_unresolved_lost` counts since the server started: a server that
+    /// lost one payment, restarted and lost another shows 1 both times. The
+    /// second loss must still reach Slack at once, not a day later.
+    #[test]
+    fn a_loss_after_a_restart_is_alerted_even_when_the_count_repeats() {
+        let alerter = Alerter {
+            alert_after: Duration::from_secs(600),
+            repeat: Duration::from_secs(3600),
+        };
+        let problem = |info: &'static [u8]| {
+            let mut node = FakeConnection::new(&[info]);
+            let guard = store::guard(&mut node).unwrap();
+            assert_eq!(guard.as_ref().map(|g| g.unresolved_lost), Some(1));
+            let mut keyed = FakeConnection::new(&[b":1\r\n"]);
+            alerter
+                .guard("10.0.0.7:6379", guard, 0, &mut keyed)
+                .unwrap();
+            // EVALSHA sha 2 CONFIG OUTBOX problem now repeat payload
+            keyed.sent[0][5].clone()
+        };
+        let before = problem(
+            b"$102\r\n# Server\r\nrun_id:aaaa\r\n\r\n# pay_settings\r\npay_eviction_unsafe:0\r\n\r\n# pay_stats\r\npay_unresolved_lost:1\r\n\r\n",
+        );
+        let after_restart = problem(
+            b"$102\r\n# Server\r\nrun_id:bbbb\r\n\r\n# pay_settings\r\npay_eviction_unsafe:0\r\n\r\n# pay_stats\r\npay_unresolved_lost:1\r\n\r\n",
+        );
+        assert_ne!(before, after_restart);
     }
 }

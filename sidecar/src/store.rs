@@ -182,25 +182,29 @@ pub fn alert_after(c: &mut dyn ConnectionLike) -> Option<Duration> {
 
 /// What the module's guard reports in `INFO pay`: whether the eviction
 /// policy may drop unresolved payments, and how many were lost anyway since
-/// the server started. None from a module before these fields.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// the server started (`run_id`, from `INFO server`, names that start).
+/// None from a module before these fields.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Guard {
     pub eviction_unsafe: bool,
     pub unresolved_lost: u64,
+    pub run_id: String,
 }
 
 pub fn guard(c: &mut dyn ConnectionLike) -> redis::RedisResult<Option<Guard>> {
-    let info: String = redis::cmd("INFO").arg("pay").query(c)?;
-    let field = |name: &str| {
+    let info: String = redis::cmd("INFO").arg("pay").arg("server").query(c)?;
+    let text = |name: &str| {
         info.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(str::trim)
     };
+    let field = |name: &str| text(name).and_then(|v| v.parse::<u64>().ok());
     Ok(
         match (field("pay_eviction_unsafe"), field("pay_unresolved_lost")) {
             (Some(e), Some(lost)) => Some(Guard {
                 eviction_unsafe: e != 0,
                 unresolved_lost: lost,
+                run_id: text("run_id").unwrap_or_default().to_string(),
             }),
             _ => None,
         },
