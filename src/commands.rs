@@ -16,7 +16,7 @@ use crate::config;
 use crate::error::PayError;
 use crate::index::Handle;
 use crate::key::{self, replicate_and_notify, PayKey};
-use crate::record::{transaction_id, Applied, Record, MAX_TIMESTAMP_MS};
+use crate::record::{in_namespace, transaction_id, Applied, Record, MAX_TIMESTAMP_MS};
 use crate::stats;
 use crate::store::{self, index, now_ms, rm, selected_db, Payment};
 
@@ -72,6 +72,15 @@ fn key_arg<'a>(args: &Args<'a>) -> Result<ArgString<'a>, RedisError> {
 pub fn cache(ctx: &Context, args: &Args<'_>) -> RedisResult {
     let argv = Argv::of(args);
     let a = args::parse_cache(argv.get()).map_err(fail)?;
+    {
+        let prefix = config::key_prefix();
+        if !in_namespace(a.key, prefix.as_bytes()) {
+            return Err(fail(PayError::arg(format!(
+                "key must start with pay.key-prefix '{}' and name a transaction after it",
+                prefix.as_str()
+            ))));
+        }
+    }
     let name = key_arg(args)?;
     let key = PayKey::open(ctx, &name, true);
     match key.payment().map_err(fail)? {

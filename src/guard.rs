@@ -215,9 +215,10 @@ fn audit_step(ctx: &Context) -> bool {
     true
 }
 
-/// Whether a `maxmemory-policy` may evict a key that has no expiry.
-fn evicts_any_key(policy: &str) -> bool {
-    policy.starts_with("allkeys")
+/// Whether a `maxmemory-policy` may evict a key that has no expiry: an
+/// `allkeys-*` policy under a memory limit (`maxmemory 0` evicts nothing).
+fn evicts_any_key(policy: &str, maxmemory: u64) -> bool {
+    policy.starts_with("allkeys") && maxmemory > 0
 }
 
 fn read_eviction_policy(ctx: &Context) {
@@ -225,30 +226,32 @@ fn read_eviction_policy(ctx: &Context) {
     if info.is_null() {
         return;
     }
-    let field = rm!(RedisModule_ServerInfoGetFieldC(
-        info,
-        c"maxmemory_policy".as_ptr()
-    ));
-    let policy = if field.is_null() {
-        String::new()
-    } else {
-        // SAFETY: a NUL-terminated string owned by `info`, freed below, after
-        // this copy.
-        unsafe { CStr::from_ptr(field) }
-            .to_string_lossy()
-            .into_owned()
+    let field = |name: &CStr| {
+        let value = rm!(RedisModule_ServerInfoGetFieldC(info, name.as_ptr()));
+        if value.is_null() {
+            String::new()
+        } else {
+            // SAFETY: a NUL-terminated string owned by `info`, freed below,
+            // after this copy.
+            unsafe { CStr::from_ptr(value) }
+                .to_string_lossy()
+                .into_owned()
+        }
     };
+    let policy = field(c"maxmemory_policy");
+    // Unreadable: taken as a limit, so the policy alone decides.
+    let maxmemory = field(c"maxmemory").parse::<u64>().unwrap_or(1);
     rm!(RedisModule_FreeServerInfo(ctx.ctx, info));
-    let unsafe_now = evicts_any_key(&policy);
+    let unsafe_now = evicts_any_key(&policy, maxmemory);
     if EVICTION_UNSAFE.swap(unsafe_now, Ordering::Relaxed) != unsafe_now {
         if unsafe_now {
             ctx.log_warning(&format!(
-                "redis-pay: maxmemory-policy {policy} may evict unresolved payments, \
-                 which never expire: use noeviction or a volatile-* policy"
+                "redis-pay: maxmemory-policy {policy} with maxmemory {maxmemory} may evict \
+                 unresolved payments, which never expire: use noeviction or a volatile-* policy"
             ));
         } else {
             ctx.log_notice(&format!(
-                "redis-pay: maxmemory-policy {policy} keeps unresolved payments"
+                "redis-pay: maxmemory-policy {policy} (maxmemory {maxmemory}) keeps unresolved payments"
             ));
         }
     }
@@ -385,9 +388,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_allkeys_policies_may_evict_keys_without_expiry() {
+    fn only_allkeys_policies_under_a_limit_may_evict_keys_without_expiry() {
         for p in ["allkeys-lru", "allkeys-lfu", "allkeys-random"] {
-            assert!(evicts_any_key(p), "{p}");
+            assert!(evicts_any_key(p, 1 << 30), "{p}");
+            assert!(!evicts_any_key(p, 0), "{p} without a limit");
         }
         for p in [
             "noeviction",
@@ -397,7 +401,7 @@ mod tests {
             "volatile-ttl",
             "",
         ] {
-            assert!(!evicts_any_key(p), "{p}");
+            assert!(!evicts_any_key(p, 1 << 30), "{p}");
         }
     }
 

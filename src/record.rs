@@ -505,6 +505,15 @@ pub fn transaction_id<'a>(key: &'a [u8], prefix: &[u8]) -> &'a [u8] {
     key.strip_prefix(prefix).unwrap_or(key)
 }
 
+/// Whether PAY.CACHE may create a payment under `key`: with a namespace
+/// `prefix`, only a key in it with a transaction id after it. Otherwise two
+/// keys would share one transaction id, the provider's idempotency key
+/// (`other:t1` and `payment:other:t1`, or the empty id of `payment:`), and
+/// one payment's charge would answer for the other.
+pub fn in_namespace(key: &[u8], prefix: &[u8]) -> bool {
+    key.len() > prefix.len() && key.starts_with(prefix)
+}
+
 /// A user id written as a canonical decimal (no sign, no leading zero) that
 /// fits in u64 is a number in JSON; anything else stays a string.
 #[cfg(test)]
@@ -653,6 +662,15 @@ mod tests {
                 .starts_with("TRANSITION a succeeded payment"));
             assert_eq!(r, before);
         }
+    }
+
+    #[test]
+    fn under_a_namespace_every_key_has_its_own_transaction_id() {
+        assert!(in_namespace(b"payment:txn_1", b"payment:"));
+        assert!(in_namespace(b"txn_1", b""));
+        assert!(!in_namespace(b"payment:", b"payment:"));
+        assert!(!in_namespace(b"other:txn_1", b"payment:"));
+        assert!(!in_namespace(b"", b""));
     }
 
     #[test]

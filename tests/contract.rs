@@ -324,9 +324,23 @@ fn the_key_prefix_is_stripped_from_the_transaction_id() {
         json.starts_with(r#"{"transaction_id":"txn_12345","user_id":67890,"status":"pending""#),
         "{json}"
     );
-    // A key outside the namespace keeps its whole name.
+    // A key outside the namespace, or the prefix alone, would share a
+    // transaction id (the provider's idempotency key) with a key inside it:
+    // `other:1` with `payment:other:1`. PAY.CACHE refuses them, and creates
+    // nothing.
+    for key in ["other:1", "payment:"] {
+        let e = err(
+            &mut c,
+            redis::cmd("PAY.CACHE").arg(key).arg("u").arg(1).arg("USD"),
+        );
+        assert!(
+            e.starts_with("ERR key must start with pay.key-prefix 'payment:'"),
+            "{e}"
+        );
+        assert!(check(&mut c, key).is_none(), "{key}");
+    }
     assert_eq!(
-        cache(&mut c, "other:1", "u", 1, "USD")["transaction_id"],
+        cache(&mut c, "payment:other:1", "u", 1, "USD")["transaction_id"],
         "other:1"
     );
     // Immutable at run time: changing it would change the transaction id

@@ -91,11 +91,15 @@ fn an_eviction_policy_that_may_drop_unresolved_payments_is_reported() {
     let mut c = s.conn();
     let unsafe_now = |c: &mut Connection| info_field(c, "eviction_unsafe") == 1;
     assert!(!unsafe_now(&mut c));
+    // Without a memory limit nothing is evicted, whatever the policy.
     config_set(&mut c, "maxmemory-policy", "allkeys-lru");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!unsafe_now(&mut c));
+    config_set(&mut c, "maxmemory", "1gb");
     assert!(wait_until(Duration::from_secs(5), || unsafe_now(&mut c)));
-    assert!(s
-        .log()
-        .contains("maxmemory-policy allkeys-lru may evict unresolved payments"));
+    assert!(s.log().contains(
+        "maxmemory-policy allkeys-lru with maxmemory 1073741824 may evict unresolved payments"
+    ));
     config_set(&mut c, "maxmemory-policy", "volatile-lru");
     assert!(wait_until(Duration::from_secs(5), || !unsafe_now(&mut c)));
 }

@@ -829,6 +829,7 @@ fn an_unsafe_eviction_policy_and_a_lost_payment_reach_slack_once() {
     let a = start_sidecar(&s, &bank.url, Some(&slack.url), &extra);
     let _b = start_sidecar(&s, &bank.url, Some(&slack.url), &extra);
     config_set(&mut c, "maxmemory-policy", "allkeys-lru");
+    config_set(&mut c, "maxmemory", "1gb");
     a.wait_for("the eviction alert", 10, || {
         !messages_with(&slack, "maxmemory-policy may evict unresolved payments").is_empty()
     });
