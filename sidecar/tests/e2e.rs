@@ -30,6 +30,15 @@ fn redis() -> Server {
     Server::with(Opts::sweeper(100, 20))
 }
 
+/// As [`redis`], with `pay.key-prefix payment:`.
+fn redis_with_prefix() -> Server {
+    Server::with(
+        Opts::sweeper(100, 20)
+            .module_arg("key-prefix")
+            .module_arg("payment:"),
+    )
+}
+
 fn pending_count(c: &mut Connection) -> i64 {
     info_field(c, "records_pending")
 }
@@ -622,11 +631,7 @@ fn alerts_are_delivered_while_another_payments_update_fails_in_the_same_round() 
 /// Idempotency-Key and the body, and charges once.
 #[test]
 fn keys_with_a_prefix_reach_the_provider_as_their_transaction_id() {
-    let s = Server::with(
-        Opts::sweeper(100, 20)
-            .module_arg("key-prefix")
-            .module_arg("payment:"),
-    );
+    let s = redis_with_prefix();
     let mut c = s.conn();
     let bank = Bank::reliable();
     // txn_1: the application charged it before it crashed; txn_2: never sent.
@@ -677,11 +682,7 @@ fn keys_with_a_prefix_reach_the_provider_as_their_transaction_id() {
 /// knows each payment by the id it was created with, and so does the record.
 #[test]
 fn a_renamed_or_copied_payment_is_still_its_first_transaction_at_the_provider() {
-    let s = Server::with(
-        Opts::sweeper(100, 20)
-            .module_arg("key-prefix")
-            .module_arg("payment:"),
-    );
+    let s = redis_with_prefix();
     let mut c = s.conn();
     let bank = Bank::reliable();
     bank.know("txn_1", "succeeded", "ch_app");
