@@ -180,6 +180,19 @@ pub fn alert_after(c: &mut dyn ConnectionLike) -> Option<Duration> {
     info_ms(&info, "pay_alert_after_ms")
 }
 
+fn info_ms(info: &str, field: &str) -> Option<Duration> {
+    info_field(info, field)
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_millis)
+}
+
+/// The value of `field` in an INFO reply (`field:value` lines).
+fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
 /// What the module's guard reports in `INFO pay`: whether the eviction
 /// policy may drop unresolved payments, and how many were lost anyway since
 /// the server started (`run_id`, from `INFO server`, names that start).
@@ -193,11 +206,7 @@ pub struct Guard {
 
 pub fn guard(c: &mut dyn ConnectionLike) -> redis::RedisResult<Option<Guard>> {
     let info: String = redis::cmd("INFO").arg("pay").arg("server").query(c)?;
-    let text = |name: &str| {
-        info.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .map(str::trim)
-    };
+    let text = |name: &str| info_field(&info, name);
     let field = |name: &str| text(name).and_then(|v| v.parse::<u64>().ok());
     Ok(
         match (field("pay_eviction_unsafe"), field("pay_unresolved_lost")) {
@@ -209,13 +218,6 @@ pub fn guard(c: &mut dyn ConnectionLike) -> redis::RedisResult<Option<Guard>> {
             _ => None,
         },
     )
-}
-
-fn info_ms(info: &str, field: &str) -> Option<Duration> {
-    info.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_millis)
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a char boundary.

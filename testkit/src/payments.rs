@@ -172,6 +172,27 @@ pub fn claim(
     }
 }
 
+/// Leases `n` payments of the selected database to `bench-holder` for a
+/// day (the longest lease), 50,000 per PAY.CLAIM, replies dropped: a server
+/// with that many payments held.
+pub fn hold_for_a_day(c: &mut Connection, n: usize) {
+    let mut left = n;
+    while left > 0 {
+        let batch = left.min(50_000);
+        let _: Value = redis::cmd("PAY.CLAIM")
+            .arg("bench-holder")
+            .arg("LEASE")
+            .arg(86_400_000)
+            .arg("OLDER")
+            .arg(0)
+            .arg("COUNT")
+            .arg(batch)
+            .query(c)
+            .unwrap();
+        left -= batch;
+    }
+}
+
 /// PEXPIRETIME of a key (-1: none, -2: no key).
 pub fn pexpiretime(c: &mut Connection, key: &str) -> i64 {
     redis::cmd("PEXPIRETIME").arg(key).query(c).unwrap()

@@ -40,7 +40,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use redis::Connection;
-use testkit::{cache, cache_many, free_port, module_path, server_bin, Server};
+use testkit::{cache, cache_many, free_port, hold_for_a_day, module_path, server_bin, Server};
 
 use crate::{env_usize, verdict, JSON, LUA};
 
@@ -523,21 +523,7 @@ fn build_rdb(calls: usize, leased: usize, keep: &Path) -> PathBuf {
     cache_many(&mut c, "c:", need);
     select(&mut c, DB_CLAIM_LEASED);
     cache_many(&mut c, "held:", leased);
-    let mut left = leased;
-    while left > 0 {
-        let n = left.min(50_000);
-        let _: redis::Value = redis::cmd("PAY.CLAIM")
-            .arg("bench-holder")
-            .arg("LEASE")
-            .arg(86_400_000)
-            .arg("OLDER")
-            .arg(0)
-            .arg("COUNT")
-            .arg(n)
-            .query(&mut c)
-            .unwrap();
-        left -= n;
-    }
+    hold_for_a_day(&mut c, leased);
     cache_many(&mut c, "c:", need);
     let _: () = redis::cmd("SAVE").query(&mut c).unwrap();
     std::fs::create_dir_all(keep).unwrap();

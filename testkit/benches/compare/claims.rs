@@ -3,7 +3,6 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use redis::Connection;
 use testkit::*;
 
 use crate::*;
@@ -48,24 +47,7 @@ fn claim_cost(leased: usize) -> (f64, Duration) {
     let s = Server::start();
     let mut c = s.conn();
     cache_many(&mut c, "held:", leased);
-    let lease = |c: &mut Connection, count: usize| {
-        let _: redis::Value = redis::cmd("PAY.CLAIM")
-            .arg("bench-holder")
-            .arg("LEASE")
-            .arg(86_400_000)
-            .arg("OLDER")
-            .arg(0)
-            .arg("COUNT")
-            .arg(count)
-            .query(c)
-            .unwrap();
-    };
-    let mut left = leased;
-    while left > 0 {
-        let n = left.min(50_000);
-        lease(&mut c, n);
-        left -= n;
-    }
+    hold_for_a_day(&mut c, leased);
     cache_many(&mut c, "ready:", CLAIMS);
     let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut c).unwrap();
     let mut claim = redis::cmd("PAY.CLAIM");
